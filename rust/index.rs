@@ -1,0 +1,394 @@
+//! The decision index of both address families, with interned origins and remediations.
+//!
+//! Semantics (CrowdSec's): an address gets the highest-priority remediation among every active
+//! decision covering it; a decision is keyed by (network, origin, remediation) and adding it
+//! again replaces its expiry; a decision is active while `expiry > now` (milliseconds).
+
+use crate::bits::Bits;
+use crate::error::{Error, Result};
+use crate::parse::{Addr, Net};
+use crate::slot::{Dec, MAX_TAG, NO_RANK};
+use crate::table::Table;
+use hashbrown::HashMap;
+
+/// Longest origin or remediation name accepted.
+pub const MAX_NAME: usize = 256;
+/// Most distinct remediations (codes are one byte, 0 meaning none).
+pub const MAX_REMEDIATIONS: usize = 254;
+
+/// Which decisions a removal targets on its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this origin (interned id), or any.
+    pub origin: Option<u32>,
+    /// Only this remediation (interned id), or any.
+    pub remediation: Option<u8>,
+}
+
+/// One change of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Add (or refresh) a decision: network, tag from [`Index::tag`], expiry in ms.
+    Add(Net, u16, u64),
+    /// Remove the decisions on exactly this network matching the filter.
+    Remove(Net, Filter),
+}
+
+/// A decision as stored, for snapshots and iteration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The network.
+    pub net: Net,
+    /// Its origin.
+    pub origin: u32,
+    /// Its remediation id.
+    pub remediation: u8,
+    /// Expiry in Unix milliseconds.
+    pub exp: u64,
+}
+
+/// Both families plus the name tables.
+#[derive(Debug, Clone)]
+pub struct Index {
+    v4: Table<u32>,
+    v6: Table<u128>,
+    priorities: Vec<String>,
+    remediations: Vec<String>,
+    rem_ids: HashMap<String, u8>,
+    origins: Vec<String>,
+    origin_ids: HashMap<String, u32>,
+    /// Tag -> (origin, remediation); tag 0 is the empty slot.
+    tags: Vec<(u32, u8)>,
+    tag_ids: HashMap<(u32, u8), u16>,
+    /// Tag -> rank (0 is the most severe).
+    tag_rank: Vec<u16>,
+    /// Rank -> remediation id.
+    rank_rem: Vec<u8>,
+    count: usize,
+    normalized: u64,
+}
+
+fn check_name(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
+        return Err(Error::InvalidDecision(format!(
+            "{what} must be 1 to {MAX_NAME} printable characters, got {:?}",
+            s.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+impl Index {
+    /// An empty index ranking remediations in `priorities` order (most severe first); any other
+    /// remediation ranks below them, alphabetically.
+    pub fn new(priorities: &[String]) -> Result<Index> {
+        let mut ix = Index {
+            v4: Table::default(),
+            v6: Table::default(),
+            priorities: Vec::new(),
+            remediations: Vec::new(),
+            rem_ids: HashMap::new(),
+            origins: Vec::new(),
+            origin_ids: HashMap::new(),
+            tags: vec![(0, 0)],
+            tag_ids: HashMap::new(),
+            tag_rank: vec![NO_RANK],
+            rank_rem: Vec::new(),
+            count: 0,
+            normalized: 0,
+        };
+        for p in priorities {
+            check_name("remediation", p)?;
+            if ix.priorities.contains(p) {
+                return Err(Error::InvalidDecision(format!(
+                    "remediation {p:?} listed twice in priorities"
+                )));
+            }
+            ix.priorities.push(p.clone());
+        }
+        for p in priorities {
+            ix.remediation_id(p)?;
+        }
+        Ok(ix)
+    }
+
+    fn rerank(&mut self) {
+        let prio = |name: &str| {
+            self.priorities
+                .iter()
+                .position(|p| p == name)
+                .unwrap_or(usize::MAX)
+        };
+        let mut order: Vec<u8> = (0..self.remediations.len() as u8).collect();
+        order.sort_by(|&a, &b| {
+            let (na, nb) = (
+                &self.remediations[a as usize],
+                &self.remediations[b as usize],
+            );
+            prio(na).cmp(&prio(nb)).then_with(|| na.cmp(nb))
+        });
+        let mut rem_rank = vec![0u16; order.len()];
+        for (rank, &r) in order.iter().enumerate() {
+            rem_rank[r as usize] = rank as u16;
+        }
+        self.rank_rem = order;
+        self.tag_rank = self
+            .tags
+            .iter()
+            .enumerate()
+            .map(|(t, &(_, r))| {
+                if t == 0 {
+                    NO_RANK
+                } else {
+                    rem_rank[r as usize]
+                }
+            })
+            .collect();
+    }
+
+    /// The id of remediation `name`, interned on first use.
+    pub fn remediation_id(&mut self, name: &str) -> Result<u8> {
+        if let Some(&id) = self.rem_ids.get(name) {
+            return Ok(id);
+        }
+        check_name("remediation", name)?;
+        if self.remediations.len() >= MAX_REMEDIATIONS {
+            return Err(Error::InvalidDecision(format!(
+                "more than {MAX_REMEDIATIONS} distinct remediations"
+            )));
+        }
+        let id = self.remediations.len() as u8;
+        self.remediations.push(name.to_owned());
+        self.rem_ids.insert(name.to_owned(), id);
+        self.rerank();
+        Ok(id)
+    }
+
+    fn origin_id(&mut self, name: &str) -> Result<u32> {
+        if let Some(&id) = self.origin_ids.get(name) {
+            return Ok(id);
+        }
+        check_name("origin", name)?;
+        let id = self.origins.len() as u32;
+        self.origins.push(name.to_owned());
+        self.origin_ids.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The tag of (origin, remediation), interned on first use.
+    pub fn tag(&mut self, origin: &str, remediation: &str) -> Result<u16> {
+        let o = self.origin_id(origin)?;
+        let r = self.remediation_id(remediation)?;
+        self.tag_of(o, r)
+    }
+
+    fn tag_of(&mut self, o: u32, r: u8) -> Result<u16> {
+        if let Some(&t) = self.tag_ids.get(&(o, r)) {
+            return Ok(t);
+        }
+        if self.tags.len() > MAX_TAG as usize {
+            return Err(Error::InvalidDecision(format!(
+                "more than {MAX_TAG} distinct (origin, remediation) pairs"
+            )));
+        }
+        let t = self.tags.len() as u16;
+        self.tags.push((o, r));
+        self.tag_ids.insert((o, r), t);
+        self.rerank();
+        Ok(t)
+    }
+
+    /// A removal filter; `None` when it names an origin or remediation never seen (it then
+    /// matches nothing).
+    pub fn filter(&self, origin: Option<&str>, remediation: Option<&str>) -> Option<Filter> {
+        let origin = match origin {
+            Some(o) => Some(*self.origin_ids.get(o)?),
+            None => None,
+        };
+        let remediation = match remediation {
+            Some(r) => Some(*self.rem_ids.get(r)?),
+            None => None,
+        };
+        Some(Filter {
+            origin,
+            remediation,
+        })
+    }
+
+    /// Counts a network whose host bits were cleared on the way in.
+    pub fn note_normalized(&mut self, n: u64) {
+        self.normalized += n;
+    }
+
+    /// Reserves room for `n` more IPv4 single addresses (bulk loads).
+    pub fn reserve_v4_hosts(&mut self, n: usize) {
+        self.v4.reserve_hosts(n);
+    }
+
+    /// Applies a batch in order. Returns (decisions added, decisions removed); refreshing an
+    /// existing decision counts as neither.
+    pub fn apply(&mut self, ops: &[Op]) -> (usize, usize) {
+        let (mut added, mut removed) = (0, 0);
+        for op in ops {
+            match *op {
+                Op::Add(net, tag, exp) => {
+                    let d = Dec { exp, tag };
+                    let new = match net {
+                        Net::V4(k, l) => self.v4.upsert(k, l, d),
+                        Net::V6(k, l) => self.v6.upsert(k, l, d),
+                    };
+                    added += usize::from(new);
+                }
+                Op::Remove(net, f) => {
+                    let tags = &self.tags;
+                    let keep_out = |d: Dec| {
+                        let (o, r) = tags[d.tag as usize];
+                        f.origin.is_none_or(|x| x == o) && f.remediation.is_none_or(|x| x == r)
+                    };
+                    removed += match net {
+                        Net::V4(k, l) => self.v4.remove(k, l, keep_out),
+                        Net::V6(k, l) => self.v6.remove(k, l, keep_out),
+                    };
+                }
+            }
+        }
+        self.count = self.count + added - removed;
+        (added, removed)
+    }
+
+    /// The remediation id active for `addr` at `now`, if any.
+    #[inline]
+    pub fn lookup(&self, addr: Addr, now: u64) -> Option<u8> {
+        let rank = match addr {
+            Addr::V4(a) => self.v4.best(a, now, &self.tag_rank),
+            Addr::V6(a) => self.v6.best(a, now, &self.tag_rank),
+        };
+        (rank != NO_RANK).then(|| self.rank_rem[rank as usize])
+    }
+
+    /// Code of `addr` for packed lookups: 0 for none, else remediation id + 1.
+    #[inline]
+    pub fn code<K: Bits>(&self, addr: K, now: u64) -> u8 {
+        let rank = if K::BITS == 32 {
+            self.v4.best(addr.to_u128() as u32, now, &self.tag_rank)
+        } else {
+            let a = addr.to_u128();
+            if a >> 32 == 0xffff {
+                self.v4.best(a as u32, now, &self.tag_rank)
+            } else {
+                self.v6.best(a, now, &self.tag_rank)
+            }
+        };
+        if rank == NO_RANK {
+            0
+        } else {
+            self.rank_rem[rank as usize] + 1
+        }
+    }
+
+    /// Removes expired decisions, about `budget` at most; returns (removed, finished).
+    pub fn purge(&mut self, now: u64, budget: usize) -> (usize, bool) {
+        let (a, done4) = self.v4.purge(now, budget);
+        let (b, done6) = if a < budget {
+            self.v6.purge(now, budget - a)
+        } else {
+            (0, false)
+        };
+        self.count -= a + b;
+        (a + b, done4 && done6)
+    }
+
+    /// Every decision held (active or not).
+    pub fn decisions(&self) -> Vec<Stored> {
+        let mut out = Vec::with_capacity(self.count);
+        let tags = &self.tags;
+        let mut push = |net: Net, d: Dec| {
+            let (origin, remediation) = tags[d.tag as usize];
+            out.push(Stored {
+                net,
+                origin,
+                remediation,
+                exp: d.exp,
+            });
+        };
+        let sets = self.v4.sets();
+        self.v4
+            .for_each(|k, l, s| s.for_each(sets, |d| push(Net::V4(k, l), d)));
+        let sets = self.v6.sets();
+        self.v6
+            .for_each(|k, l, s| s.for_each(sets, |d| push(Net::V6(k, l), d)));
+        out
+    }
+
+    /// Each prefix of a family holding an active decision with its best rank: `(start, len, rank)`.
+    pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16)> {
+        fn collect<K: Bits>(t: &Table<K>, now: u64, ranks: &[u16]) -> Vec<(u128, u8, u16)> {
+            let mut out = Vec::new();
+            t.for_each(|k, l, s| {
+                let r = s.best(t.sets(), now, ranks);
+                if r != NO_RANK {
+                    out.push((k.to_u128(), l, r));
+                }
+            });
+            out
+        }
+        if family == 4 {
+            collect(&self.v4, now, &self.tag_rank)
+        } else {
+            collect(&self.v6, now, &self.tag_rank)
+        }
+    }
+
+    /// Rank of a remediation id.
+    pub fn rank_of(&self, rem: u8) -> u16 {
+        self.rank_rem
+            .iter()
+            .position(|&r| r == rem)
+            .map_or(NO_RANK, |p| p as u16)
+    }
+
+    /// Decisions held, including expired ones not yet purged.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no decision is held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Remediation names by id (code - 1).
+    pub fn remediations(&self) -> &[String] {
+        &self.remediations
+    }
+
+    /// Origin names by id.
+    pub fn origins(&self) -> &[String] {
+        &self.origins
+    }
+
+    /// The priority list this index was built with.
+    pub fn priorities(&self) -> &[String] {
+        &self.priorities
+    }
+
+    /// Networks normalised on the way in.
+    pub fn normalized(&self) -> u64 {
+        self.normalized
+    }
+
+    /// (IPv4 hosts, IPv4 ranges, IPv6 hosts, IPv6 ranges).
+    pub fn shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.v4.host_count(),
+            self.v4.range_count(),
+            self.v6.host_count(),
+            self.v6.range_count(),
+        )
+    }
+
+    /// Heap bytes held (estimate).
+    pub fn heap_bytes(&self) -> usize {
+        self.v4.heap_bytes() + self.v6.heap_bytes() + self.tags.len() * 48 + self.origins.len() * 64
+    }
+}

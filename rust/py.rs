@@ -1,0 +1,665 @@
+//! The Python bindings: `capi_fast._native.DecisionIndex` and `BatchResult`.
+
+use crate::bits::Bits;
+use crate::error::Error;
+use crate::export;
+use crate::index::{Index, Op};
+use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
+use crate::shared::Shared;
+use crate::slot::NEVER;
+use crate::snapshot;
+use parking_lot::RwLock;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
+use std::path::PathBuf;
+
+fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
+    match py.import("capi_fast.errors").and_then(|m| m.getattr(class)) {
+        Ok(cls) => match cls.cast_into::<PyType>() {
+            Ok(t) => PyErr::from_type(t, msg),
+            Err(_) => PyValueError::new_err(msg),
+        },
+        Err(e) => e,
+    }
+}
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    match e {
+        Error::InvalidIp(m) => raise(py, "InvalidIP", m),
+        Error::InvalidDecision(m) => raise(py, "InvalidDecision", m),
+        Error::Snapshot(m) => raise(py, "SnapshotError", m),
+    }
+}
+
+fn clock(now: Option<f64>) -> PyResult<f64> {
+    match now {
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Some(t) => Err(PyValueError::new_err(format!(
+            "now must be a finite, non-negative Unix time, got {t}"
+        ))),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())),
+    }
+}
+
+fn ms(t: f64) -> u64 {
+    ((t * 1000.0).floor().max(0.0) as u64).min(NEVER - 1)
+}
+
+/// Expiry in ms for a ttl in seconds (None: never).
+fn expiry(now: f64, ttl: Option<f64>) -> PyResult<u64> {
+    match ttl {
+        None => Ok(NEVER),
+        Some(t) if t.is_nan() => Err(PyValueError::new_err(
+            "ttl must be a number of seconds, got NaN",
+        )),
+        Some(t) if t == f64::INFINITY => Ok(NEVER),
+        Some(t) => Ok(ms(now + t)),
+    }
+}
+
+/// The outcome of a batch.
+#[pyclass(frozen, get_all, module = "capi_fast._native")]
+#[derive(Debug, Clone, Default)]
+pub struct BatchResult {
+    /// Decisions that were not held before.
+    pub added: usize,
+    /// Decisions already held whose expiry was replaced.
+    pub refreshed: usize,
+    /// Decisions removed (including ones re-added already expired).
+    pub removed: usize,
+    /// Items skipped because they were malformed (only when `strict=False`).
+    pub skipped: usize,
+    /// Networks whose host bits were cleared.
+    pub normalized: usize,
+}
+
+#[pymethods]
+impl BatchResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "BatchResult(added={}, refreshed={}, removed={}, skipped={}, normalized={})",
+            self.added, self.refreshed, self.removed, self.skipped, self.normalized
+        )
+    }
+}
+
+/// A thread-safe index of CrowdSec decisions answering "which remediation for this IP?".
+#[pyclass(frozen, module = "capi_fast._native", name = "DecisionIndex")]
+pub struct PyDecisionIndex {
+    inner: Shared,
+    names: RwLock<Vec<Py<PyString>>>,
+}
+
+/// One add, before it is turned into an op.
+struct AddItem {
+    net: Net,
+    normalized: bool,
+    remediation: String,
+    origin: String,
+    exp: u64,
+}
+
+struct RemoveItem {
+    net: Net,
+    origin: Option<String>,
+    remediation: Option<String>,
+}
+
+fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
+    v.cast::<PyString>().cloned().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a str, got {}",
+            v.get_type().name().map_or("?".into(), |n| n.to_string())
+        ))
+    })
+}
+
+fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => Ok(Some(v.extract::<f64>().map_err(|_| {
+            PyTypeError::new_err("ttl must be a number of seconds or None")
+        })?)),
+    }
+}
+
+impl PyDecisionIndex {
+    fn wrap(ix: Index) -> PyDecisionIndex {
+        PyDecisionIndex {
+            inner: Shared::new(ix),
+            names: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn name(&self, py: Python<'_>, rem: u8) -> Py<PyString> {
+        if let Some(n) = self.names.read().get(rem as usize) {
+            return n.clone_ref(py);
+        }
+        let names: Vec<String> = self.inner.read().remediations().to_vec();
+        let mut cache = self.names.write();
+        for n in names.iter().skip(cache.len()) {
+            cache.push(PyString::intern(py, n).unbind());
+        }
+        cache[rem as usize].clone_ref(py)
+    }
+
+    fn lookup_addr(&self, py: Python<'_>, addr: Addr, now: u64) -> Option<Py<PyString>> {
+        let rem = self.inner.read().lookup(addr, now)?;
+        Some(self.name(py, rem))
+    }
+
+    /// Parses adds and removes, then applies them as one batch (removes first).
+    fn run_batch(
+        &self,
+        py: Python<'_>,
+        adds: Vec<AddItem>,
+        removes: Vec<RemoveItem>,
+        now: u64,
+        mut result: BatchResult,
+    ) -> PyResult<BatchResult> {
+        let size = adds.len() + removes.len();
+        let out = py.detach(|| {
+            self.inner.write(size, |ix| -> Result<BatchResult, Error> {
+                let mut ops = Vec::with_capacity(size);
+                for r in &removes {
+                    if let Some(f) = ix.filter(r.origin.as_deref(), r.remediation.as_deref()) {
+                        ops.push(Op::Remove(r.net, f));
+                    }
+                }
+                let mut last: Option<(&str, &str, u16)> = None;
+                let mut v4_hosts = 0;
+                for a in &adds {
+                    let tag = match last {
+                        Some((o, m, t)) if o == a.origin && m == a.remediation => t,
+                        _ => {
+                            let t = ix.tag(&a.origin, &a.remediation)?;
+                            last = Some((&a.origin, &a.remediation, t));
+                            t
+                        }
+                    };
+                    if a.exp <= now {
+                        // Re-added already expired: its expiry is in the past, so it goes.
+                        let f = ix.filter(Some(&a.origin), Some(&a.remediation));
+                        if let Some(f) = f {
+                            ops.push(Op::Remove(a.net, f));
+                        }
+                    } else {
+                        v4_hosts += usize::from(matches!(a.net, Net::V4(_, 32)));
+                        ops.push(Op::Add(a.net, tag, a.exp));
+                    }
+                }
+                if v4_hosts > 4096 {
+                    ix.reserve_v4_hosts(v4_hosts);
+                }
+                let before = ix.len();
+                let (added, removed) = ix.apply(&ops);
+                let normalized = adds.iter().filter(|a| a.normalized).count();
+                ix.note_normalized(normalized as u64);
+                let adds_applied = ops.iter().filter(|o| matches!(o, Op::Add(..))).count();
+                debug_assert_eq!(ix.len(), before + added - removed);
+                result.added = added;
+                result.refreshed = adds_applied - added;
+                result.removed = removed;
+                result.normalized = normalized;
+                Ok(result)
+            })
+        });
+        out.map_err(|e| to_py(py, e))
+    }
+
+    fn parse_add(
+        &self,
+        item: &Bound<'_, PyAny>,
+        remediation: &str,
+        ttl: Option<f64>,
+        origin: &str,
+        now: f64,
+    ) -> PyResult<Result<AddItem, Error>> {
+        let (value, rem, ttl, org) = if let Ok(s) = item.cast::<PyString>() {
+            (s.clone(), remediation.to_owned(), ttl, origin.to_owned())
+        } else if let Ok(t) = item.cast::<PyTuple>() {
+            if t.is_empty() || t.len() > 4 {
+                return Err(PyTypeError::new_err(
+                    "an add item is (value, remediation, ttl, origin) or a prefix of it",
+                ));
+            }
+            let value = text(&t.get_item(0)?, "value")?;
+            let rem = match t.len() > 1 {
+                true => text(&t.get_item(1)?, "remediation")?.to_str()?.to_owned(),
+                false => remediation.to_owned(),
+            };
+            let ttl = if t.len() > 2 {
+                opt_f64(Some(t.get_item(2)?))?
+            } else {
+                ttl
+            };
+            let org = match t.len() > 3 {
+                true => text(&t.get_item(3)?, "origin")?.to_str()?.to_owned(),
+                false => origin.to_owned(),
+            };
+            (value, rem, ttl, org)
+        } else {
+            return Err(PyTypeError::new_err("an add item must be a str or a tuple"));
+        };
+        let exp = expiry(now, ttl)?;
+        Ok(parse_net(value.to_str()?).map(|(net, normalized)| AddItem {
+            net,
+            normalized,
+            remediation: rem,
+            origin: org,
+            exp,
+        }))
+    }
+}
+
+#[pymethods]
+impl PyDecisionIndex {
+    #[new]
+    #[pyo3(signature = (priorities = vec!["ban".to_owned(), "captcha".to_owned()]))]
+    fn new(py: Python<'_>, priorities: Vec<String>) -> PyResult<Self> {
+        Ok(Self::wrap(
+            Index::new(&priorities).map_err(|e| to_py(py, e))?,
+        ))
+    }
+
+    /// Adds a decision, or replaces the expiry of the same (value, origin, remediation).
+    #[pyo3(signature = (value, remediation = "ban", *, ttl = None, origin = "manual", now = None))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        remediation: &str,
+        ttl: Option<Bound<'_, PyAny>>,
+        origin: &str,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        let now = clock(now)?;
+        let ttl = opt_f64(ttl)?;
+        let item = self
+            .parse_add(value, remediation, ttl, origin, now)?
+            .map_err(|e| to_py(py, e))?;
+        let r = self.run_batch(py, vec![item], vec![], ms(now), BatchResult::default())?;
+        Ok(r.added == 1)
+    }
+
+    /// Adds many decisions in one atomic batch.
+    #[pyo3(signature = (items, remediation = "ban", *, ttl = None, origin = "manual", now = None, strict = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        remediation: &str,
+        ttl: Option<Bound<'_, PyAny>>,
+        origin: &str,
+        now: Option<f64>,
+        strict: bool,
+    ) -> PyResult<BatchResult> {
+        self.apply(py, Some(items), None, remediation, ttl, origin, now, strict)
+    }
+
+    /// Applies removals then additions as one atomic batch.
+    #[pyo3(signature = (add = None, remove = None, *, remediation = "ban", ttl = None, origin = "manual", now = None, strict = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        py: Python<'_>,
+        add: Option<&Bound<'_, PyAny>>,
+        remove: Option<&Bound<'_, PyAny>>,
+        remediation: &str,
+        ttl: Option<Bound<'_, PyAny>>,
+        origin: &str,
+        now: Option<f64>,
+        strict: bool,
+    ) -> PyResult<BatchResult> {
+        let now = clock(now)?;
+        let ttl = opt_f64(ttl)?;
+        let mut result = BatchResult::default();
+        let mut adds = Vec::new();
+        if let Some(items) = add {
+            if let Ok(n) = items.len() {
+                adds.reserve(n);
+            }
+            for item in items.try_iter()? {
+                match self.parse_add(&item?, remediation, ttl, origin, now)? {
+                    Ok(a) => adds.push(a),
+                    Err(e) if strict => return Err(to_py(py, e)),
+                    Err(_) => result.skipped += 1,
+                }
+            }
+        }
+        let mut removes = Vec::new();
+        if let Some(items) = remove {
+            for item in items.try_iter()? {
+                let item = item?;
+                let (value, o, r): (Bound<'_, PyString>, Option<String>, Option<String>) =
+                    if let Ok(s) = item.cast::<PyString>() {
+                        (s.clone(), None, None)
+                    } else if let Ok(t) = item.cast::<PyTuple>() {
+                        if t.is_empty() || t.len() > 3 {
+                            return Err(PyTypeError::new_err(
+                                "a remove item is (value, origin, remediation) or a prefix of it",
+                            ));
+                        }
+                        let opt = |i: usize| -> PyResult<Option<String>> {
+                            if t.len() <= i || t.get_item(i)?.is_none() {
+                                return Ok(None);
+                            }
+                            Ok(Some(text(&t.get_item(i)?, "filter")?.to_str()?.to_owned()))
+                        };
+                        (text(&t.get_item(0)?, "value")?, opt(1)?, opt(2)?)
+                    } else {
+                        return Err(PyTypeError::new_err(
+                            "a remove item must be a str or a tuple",
+                        ));
+                    };
+                match parse_net(value.to_str()?) {
+                    Ok((net, _)) => removes.push(RemoveItem {
+                        net,
+                        origin: o,
+                        remediation: r,
+                    }),
+                    Err(e) if strict => return Err(to_py(py, e)),
+                    Err(_) => result.skipped += 1,
+                }
+            }
+        }
+        self.run_batch(py, adds, removes, ms(now), result)
+    }
+
+    /// Removes the decisions on exactly `value`, optionally only one origin or remediation.
+    #[pyo3(signature = (value, origin = None, remediation = None))]
+    fn remove(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        origin: Option<String>,
+        remediation: Option<String>,
+    ) -> PyResult<usize> {
+        let (net, _) = parse_net(text(value, "value")?.to_str()?).map_err(|e| to_py(py, e))?;
+        let r = self.run_batch(
+            py,
+            vec![],
+            vec![RemoveItem {
+                net,
+                origin,
+                remediation,
+            }],
+            0,
+            BatchResult::default(),
+        )?;
+        Ok(r.removed)
+    }
+
+    /// The remediation for `ip` at `now`, or None.
+    #[pyo3(signature = (ip, now = None))]
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        ip: &Bound<'_, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<Option<Py<PyString>>> {
+        let s = match ip.cast::<PyString>() {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(text(ip, "ip")
+                    .err()
+                    .unwrap_or_else(|| PyTypeError::new_err("ip must be a str")))
+            }
+        };
+        let addr = parse_addr(s.to_str()?).map_err(|e| to_py(py, e))?;
+        Ok(self.lookup_addr(py, addr, ms(clock(now)?)))
+    }
+
+    /// Looks up many addresses: a list of str gives a list; a bytes-like buffer of packed
+    /// addresses (4 bytes each for `family=4`, 16 for `family=6`) gives bytes of codes.
+    #[pyo3(signature = (ips, *, family = None, now = None))]
+    fn lookup_many<'py>(
+        &self,
+        py: Python<'py>,
+        ips: &Bound<'py, PyAny>,
+        family: Option<u8>,
+        now: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let now = ms(clock(now)?);
+        if let Ok(b) = ips.cast::<PyBytes>() {
+            return self.lookup_packed(py, b.as_bytes(), family, now);
+        }
+        if let Ok(buf) = PyBuffer::<u8>::get(ips) {
+            let data = buf.to_vec(py)?;
+            return self.lookup_packed(py, &data, family, now);
+        }
+        if family.is_some() {
+            return Err(PyTypeError::new_err(
+                "family= applies to a packed buffer; pass bytes, bytearray or memoryview",
+            ));
+        }
+        let mut addrs = Vec::new();
+        if let Ok(n) = ips.len() {
+            addrs.reserve(n);
+        }
+        for ip in ips.try_iter()? {
+            let ip = ip?;
+            addrs.push(parse_addr(text(&ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?);
+        }
+        let ix = self.inner.snapshot();
+        let codes: Vec<u8> = py.detach(|| {
+            addrs
+                .iter()
+                .map(|a| match *a {
+                    Addr::V4(x) => ix.code(x, now),
+                    Addr::V6(x) => ix.code(x, now),
+                })
+                .collect()
+        });
+        let names: Vec<Option<Py<PyString>>> = (0..=ix.remediations().len())
+            .map(|c| (c > 0).then(|| self.name(py, (c - 1) as u8)))
+            .collect();
+        let out: Vec<Option<Py<PyString>>> = codes
+            .iter()
+            .map(|&c| names[c as usize].as_ref().map(|n| n.clone_ref(py)))
+            .collect();
+        Ok(out.into_pyobject(py)?.into_any())
+    }
+
+    /// Removes every decision expired at `now`; returns how many.
+    #[pyo3(signature = (now = None))]
+    fn purge_expired(&self, py: Python<'_>, now: Option<f64>) -> PyResult<usize> {
+        let now = ms(clock(now)?);
+        Ok(py.detach(|| self.inner.purge(now)))
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.read().len()
+    }
+
+    fn __contains__(&self, py: Python<'_>, ip: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.lookup(py, ip, None)?.is_some())
+    }
+
+    fn __repr__(&self) -> String {
+        let ix = self.inner.read();
+        let (h4, r4, h6, r6) = ix.shape();
+        format!("DecisionIndex({} decisions; IPv4 {h4} addresses, {r4} ranges; IPv6 {h6} addresses, {r6} ranges)", ix.len())
+    }
+
+    /// Counts and memory of the index.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let ix = self.inner.snapshot();
+        let (h4, r4, h6, r6) = ix.shape();
+        let d = PyDict::new(py);
+        d.set_item("decisions", ix.len())?;
+        d.set_item("ipv4_addresses", h4)?;
+        d.set_item("ipv4_ranges", r4)?;
+        d.set_item("ipv6_addresses", h6)?;
+        d.set_item("ipv6_ranges", r6)?;
+        d.set_item("normalized", ix.normalized())?;
+        d.set_item("remediations", ix.remediations().to_vec())?;
+        d.set_item("origins", ix.origins().len())?;
+        d.set_item("memory_bytes", ix.heap_bytes())?;
+        Ok(d)
+    }
+
+    /// Remediation names by code (code 0 is None), for `lookup_many` on packed buffers.
+    #[getter]
+    fn codes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let names = self.inner.read().remediations().to_vec();
+        let mut v: Vec<Option<String>> = vec![None];
+        v.extend(names.into_iter().map(Some));
+        PyTuple::new(py, v)
+    }
+
+    /// The remediation priority list, most severe first.
+    #[getter]
+    fn priorities(&self) -> Vec<String> {
+        self.inner.read().priorities().to_vec()
+    }
+
+    /// Writes the decisions active at `now` to `path` atomically.
+    #[pyo3(signature = (path, *, metadata = None, now = None))]
+    fn save(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        metadata: Option<Vec<u8>>,
+        now: Option<f64>,
+    ) -> PyResult<()> {
+        let now = ms(clock(now)?);
+        let ix = self.inner.snapshot();
+        let meta = metadata.unwrap_or_default();
+        py.detach(|| snapshot::write_atomic(&path, &snapshot::encode(&ix, now, &meta)))?;
+        Ok(())
+    }
+
+    /// Loads an index written by `save`.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyDecisionIndex> {
+        Ok(Self::load_with_metadata(py, path)?.0)
+    }
+
+    /// Loads an index written by `save`, with the metadata saved beside it.
+    #[staticmethod]
+    fn load_with_metadata(
+        py: Python<'_>,
+        path: PathBuf,
+    ) -> PyResult<(PyDecisionIndex, Py<PyBytes>)> {
+        let bytes = py.detach(|| std::fs::read(&path))?;
+        let (ix, meta) = py.detach(|| snapshot::decode(&bytes)).map_err(|e| {
+            let m = format!("{}: {e}", path.display());
+            to_py(py, Error::Snapshot(m))
+        })?;
+        Ok((Self::wrap(ix), PyBytes::new(py, &meta).unbind()))
+    }
+
+    /// The fewest CIDRs covering exactly the addresses whose answer is `remediation` at `now`.
+    #[pyo3(signature = (remediation = "ban", family = 4, now = None))]
+    fn export_cidrs(
+        &self,
+        py: Python<'_>,
+        remediation: &str,
+        family: u8,
+        now: Option<f64>,
+    ) -> PyResult<Vec<String>> {
+        if family != 4 && family != 6 {
+            return Err(PyValueError::new_err(format!(
+                "family must be 4 or 6, got {family}"
+            )));
+        }
+        let now = ms(clock(now)?);
+        let ix = self.inner.snapshot();
+        let want = match ix.remediations().iter().position(|r| r == remediation) {
+            Some(id) => ix.rank_of(id as u8),
+            None => return Ok(Vec::new()),
+        };
+        let cidrs = py.detach(|| {
+            let bits = if family == 4 { 32 } else { 128 };
+            let mut blocks = Vec::new();
+            for (a, b) in export::runs(ix.active_prefixes(family, now), bits, want) {
+                export::run_to_cidrs(a, b, bits, &mut blocks);
+            }
+            blocks
+                .into_iter()
+                .map(|(s, l)| {
+                    format_net(if family == 4 {
+                        Net::V4(s as u32, l)
+                    } else {
+                        Net::V6(s, l)
+                    })
+                })
+                .collect()
+        });
+        Ok(cidrs)
+    }
+}
+
+impl PyDecisionIndex {
+    fn lookup_packed<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        family: Option<u8>,
+        now: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let width = match family {
+            Some(4) => 4,
+            Some(6) => 16,
+            Some(f) => {
+                return Err(PyValueError::new_err(format!(
+                    "family must be 4 or 6, got {f}"
+                )))
+            }
+            None => {
+                return Err(PyValueError::new_err(
+                    "a packed buffer needs family=4 or family=6",
+                ))
+            }
+        };
+        if data.len() % width != 0 {
+            return Err(PyValueError::new_err(format!(
+                "buffer length {} is not a multiple of {width} bytes (family={})",
+                data.len(),
+                if width == 4 { 4 } else { 6 }
+            )));
+        }
+        let ix = self.inner.snapshot();
+        let codes: Vec<u8> = py.detach(|| {
+            if width == 4 {
+                data.chunks_exact(4)
+                    .map(|c| ix.code(u32::from_be_bytes([c[0], c[1], c[2], c[3]]), now))
+                    .collect()
+            } else {
+                data.chunks_exact(16)
+                    .map(|c| {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(c);
+                        ix.code(u128::from_be_bytes(a), now)
+                    })
+                    .collect()
+            }
+        });
+        Ok(PyBytes::new(py, &codes).into_any())
+    }
+}
+
+/// The native module.
+#[pymodule(gil_used = false)]
+pub mod _native {
+    #[pymodule_export]
+    use super::{BatchResult, PyDecisionIndex};
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("SNAPSHOT_VERSION", crate::snapshot::VERSION)?;
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_bits<K: Bits>() {}

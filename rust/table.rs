@@ -1,0 +1,250 @@
+//! The decisions of one address family: single addresses in a hash table, shorter prefixes in
+//! a [`Trie`], and the expiry index that makes purging cost what expires.
+
+use crate::bits::Bits;
+use crate::slot::{Dec, Sets, Slot, NEVER, NO_RANK};
+use crate::trie::Trie;
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
+
+/// Expiry buckets are 2^16 ms (about 65 s) wide.
+pub const SHIFT: u32 = 16;
+
+/// Hints of which keys hold decisions expiring in each time bucket. A hint may be stale (the
+/// decision was refreshed or removed since); purging re-checks the key, so stale hints cost a
+/// lookup and nothing else.
+#[derive(Debug, Clone)]
+struct Expiry<T> {
+    buckets: BTreeMap<u64, Vec<T>>,
+}
+
+impl<T> Default for Expiry<T> {
+    fn default() -> Self {
+        Expiry {
+            buckets: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Copy> Expiry<T> {
+    fn note(&mut self, old: Option<u64>, exp: u64, key: T) {
+        if exp >= NEVER || old.is_some_and(|o| o >> SHIFT == exp >> SHIFT) {
+            return;
+        }
+        self.buckets.entry(exp >> SHIFT).or_default().push(key);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.buckets
+            .values()
+            .map(|v| v.capacity() * std::mem::size_of::<T>() + 48)
+            .sum()
+    }
+}
+
+/// The decisions of one address family.
+#[derive(Debug, Clone)]
+pub struct Table<K: Bits> {
+    hosts: HashMap<K, Slot>,
+    trie: Trie<K>,
+    sets: Sets,
+    /// How many stored ranges overlap each block of the top 16 bits; a zero lets a lookup skip
+    /// the trie. Empty until the first range arrives.
+    cover: Vec<u32>,
+    ranges: usize,
+    host_exp: Expiry<K>,
+    range_exp: Expiry<(K, u8)>,
+}
+
+impl<K: Bits> Default for Table<K> {
+    fn default() -> Self {
+        Table {
+            hosts: HashMap::new(),
+            trie: Trie::default(),
+            sets: Sets::default(),
+            cover: Vec::new(),
+            ranges: 0,
+            host_exp: Expiry::default(),
+            range_exp: Expiry::default(),
+        }
+    }
+}
+
+impl<K: Bits> Table<K> {
+    /// Reserves room for `n` more single addresses.
+    pub fn reserve_hosts(&mut self, n: usize) {
+        self.hosts.reserve(n);
+    }
+
+    fn cover_add(&mut self, key: K, len: u8, delta: i32) {
+        if self.cover.is_empty() {
+            self.cover = vec![0; 1 << 16];
+        }
+        let first = key.top16();
+        let n = if len >= 16 { 1 } else { 1usize << (16 - len) };
+        for c in &mut self.cover[first..first + n] {
+            *c = c.wrapping_add_signed(delta);
+        }
+    }
+
+    /// Adds decision `d` on `key/len`, or refreshes its expiry. Returns true if it is new.
+    pub fn upsert(&mut self, key: K, len: u8, d: Dec) -> bool {
+        if len == K::BITS {
+            let old = self.hosts.entry(key).or_default().upsert(&mut self.sets, d);
+            self.host_exp.note(old, d.exp, key);
+            return old.is_none();
+        }
+        let slot = self.trie.slot_mut(key, len);
+        let was_empty = slot.is_empty();
+        let old = slot.upsert(&mut self.sets, d);
+        if was_empty {
+            self.ranges += 1;
+            self.cover_add(key, len, 1);
+        }
+        self.range_exp.note(old, d.exp, (key, len));
+        old.is_none()
+    }
+
+    /// Removes the decisions on exactly `key/len` for which `drop` is true.
+    pub fn remove(&mut self, key: K, len: u8, drop: impl FnMut(Dec) -> bool) -> usize {
+        if len == K::BITS {
+            let Some(slot) = self.hosts.get_mut(&key) else {
+                return 0;
+            };
+            let n = slot.remove(&mut self.sets, drop);
+            if slot.is_empty() {
+                self.hosts.remove(&key);
+            }
+            return n;
+        }
+        let sets = &mut self.sets;
+        let Some((n, emptied)) = self.trie.update(key, len, |s| {
+            let n = s.remove(sets, drop);
+            (n, n > 0 && s.is_empty())
+        }) else {
+            return 0;
+        };
+        if emptied {
+            self.ranges -= 1;
+            self.cover_add(key, len, -1);
+        }
+        n
+    }
+
+    /// The best rank among active decisions covering `addr`.
+    #[inline]
+    pub fn best(&self, addr: K, now: u64, ranks: &[u16]) -> u16 {
+        let mut best = match self.hosts.get(&addr) {
+            Some(s) => s.best(&self.sets, now, ranks),
+            None => NO_RANK,
+        };
+        if self.ranges != 0 && self.cover[addr.top16()] != 0 {
+            self.trie
+                .covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
+        }
+        best
+    }
+
+    /// Removes decisions expired at `now`, visiting only keys hinted to expire by then, and
+    /// stopping after about `budget` removals. Returns (removed, finished).
+    pub fn purge(&mut self, now: u64, budget: usize) -> (usize, bool) {
+        let mut removed = 0;
+        let expired = |d: Dec| d.exp <= now;
+        let current = now >> SHIFT;
+        // Whole buckets: everything in them has expired.
+        while let Some((b, mut hints)) = self.host_exp.buckets.pop_first() {
+            if b >= current {
+                self.host_exp.buckets.insert(b, hints);
+                break;
+            }
+            while let Some(k) = hints.pop() {
+                removed += self.remove(k, K::BITS, expired);
+                if removed >= budget {
+                    if !hints.is_empty() {
+                        self.host_exp.buckets.insert(b, hints);
+                    }
+                    return (removed, false);
+                }
+            }
+        }
+        while let Some((b, mut hints)) = self.range_exp.buckets.pop_first() {
+            if b >= current {
+                self.range_exp.buckets.insert(b, hints);
+                break;
+            }
+            while let Some((k, l)) = hints.pop() {
+                removed += self.remove(k, l, expired);
+                if removed >= budget {
+                    if !hints.is_empty() {
+                        self.range_exp.buckets.insert(b, hints);
+                    }
+                    return (removed, false);
+                }
+            }
+        }
+        // The bucket `now` falls in: keep the hints of keys that still expire within it.
+        if let Some(mut hints) = self.host_exp.buckets.remove(&current) {
+            hints.retain(|&k| {
+                removed += self.remove(k, K::BITS, expired);
+                self.hosts
+                    .get(&k)
+                    .is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
+            });
+            if !hints.is_empty() {
+                self.host_exp.buckets.insert(current, hints);
+            }
+        }
+        if let Some(mut hints) = self.range_exp.buckets.remove(&current) {
+            hints.retain(|&(k, l)| {
+                removed += self.remove(k, l, expired);
+                self.trie
+                    .get(k, l)
+                    .is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
+            });
+            if !hints.is_empty() {
+                self.range_exp.buckets.insert(current, hints);
+            }
+        }
+        (removed, true)
+    }
+
+    /// Calls `f(key, len, slot)` on every prefix holding decisions, hosts first.
+    pub fn for_each(&self, mut f: impl FnMut(K, u8, Slot)) {
+        for (k, s) in &self.hosts {
+            f(*k, K::BITS, *s);
+        }
+        self.trie.for_each(f);
+    }
+
+    /// The multi-decision sets, needed to read a [`Slot`] handed out by `for_each`.
+    pub fn sets(&self) -> &Sets {
+        &self.sets
+    }
+
+    /// Number of single addresses holding decisions.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Number of shorter prefixes holding decisions.
+    pub fn range_count(&self) -> usize {
+        self.ranges
+    }
+
+    /// Heap bytes held by this family's structures (an estimate within a few percent).
+    pub fn heap_bytes(&self) -> usize {
+        let cap = self.hosts.capacity();
+        // hashbrown keeps a power-of-two bucket count at most 7/8 full, one control byte each.
+        let buckets = match cap {
+            0 => 0,
+            1..=7 => (cap + 1).next_power_of_two(),
+            _ => (cap * 8 / 7).next_power_of_two(),
+        };
+        buckets * (std::mem::size_of::<(K, Slot)>() + 1)
+            + self.trie.heap_bytes()
+            + self.sets.heap_bytes()
+            + self.cover.capacity() * 4
+            + self.host_exp.heap_bytes()
+            + self.range_exp.heap_bytes()
+    }
+}
