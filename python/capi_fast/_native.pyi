@@ -1,0 +1,135 @@
+"""Type stubs of the native core ``capi_fast._native``."""
+
+from collections.abc import Iterable, Sequence
+from os import PathLike
+from typing import Any, final, overload
+
+from typing_extensions import Buffer
+
+__version__: str
+SNAPSHOT_VERSION: int
+
+AddItem = str | tuple[str] | tuple[str, str] | tuple[str, str, float | None] | tuple[str, str, float | None, str]
+RemoveItem = str | tuple[str] | tuple[str, str | None] | tuple[str, str | None, str | None]
+
+@final
+class BatchResult:
+    """The outcome of a batch applied to a ``DecisionIndex``."""
+
+    @property
+    def added(self) -> int:
+        """Decisions that were not held before."""
+    @property
+    def refreshed(self) -> int:
+        """Decisions already held whose expiry was replaced."""
+    @property
+    def removed(self) -> int:
+        """Decisions removed (including ones re-added already expired)."""
+    @property
+    def skipped(self) -> int:
+        """Malformed items skipped (only with ``strict=False``)."""
+    @property
+    def normalized(self) -> int:
+        """Networks whose host bits were cleared (``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
+
+@final
+class DecisionIndex:
+    """A thread-safe index of CrowdSec decisions.
+
+    An address gets the highest-priority remediation among every active decision covering it
+    (not the longest match). A decision is keyed by (network, origin, remediation); adding it
+    again replaces its expiry. Expiry has millisecond resolution and a decision is active while
+    ``expiry > now``; expired decisions are never returned, purged or not. IPv4-mapped IPv6
+    addresses answer as IPv4. Every time-dependent method takes ``now`` (Unix seconds).
+
+    Args:
+        priorities: remediations from most to least severe. Others rank below them,
+            alphabetically.
+    """
+
+    def __init__(self, priorities: Sequence[str] = ("ban", "captcha")) -> None: ...
+    def add(
+        self,
+        value: str,
+        remediation: str = "ban",
+        *,
+        ttl: float | None = None,
+        origin: str = "manual",
+        now: float | None = None,
+    ) -> bool:
+        """Adds a decision on an address or CIDR network; returns True if it was not held.
+
+        ``ttl`` is in seconds (None: never expires); a ttl that is already over removes the
+        decision. Raises ``InvalidIP`` for a malformed value.
+        """
+    def add_many(
+        self,
+        items: Iterable[AddItem],
+        remediation: str = "ban",
+        *,
+        ttl: float | None = None,
+        origin: str = "manual",
+        now: float | None = None,
+        strict: bool = True,
+    ) -> BatchResult:
+        """Adds many decisions as one atomic batch.
+
+        Each item is a value, or a tuple ``(value, remediation, ttl, origin)`` or a prefix of
+        it, the rest taken from the keyword defaults. With ``strict`` a malformed value raises
+        ``InvalidIP`` and nothing is applied; without, it is skipped and counted.
+        """
+    def apply(
+        self,
+        add: Iterable[AddItem] | None = None,
+        remove: Iterable[RemoveItem] | None = None,
+        *,
+        remediation: str = "ban",
+        ttl: float | None = None,
+        origin: str = "manual",
+        now: float | None = None,
+        strict: bool = True,
+    ) -> BatchResult:
+        """Applies removals, then additions, as one atomic batch.
+
+        A remove item is a value or ``(value, origin, remediation)`` (None matches any).
+        Lookups see the whole batch or none of it.
+        """
+    def remove(self, value: str, origin: str | None = None, remediation: str | None = None) -> int:
+        """Removes the decisions on exactly ``value``, optionally of one origin/remediation."""
+    def lookup(self, ip: str, now: float | None = None) -> str | None:
+        """The remediation for ``ip``, or None. Raises ``InvalidIP`` for a malformed address."""
+    @overload
+    def lookup_many(self, ips: Iterable[str], *, family: None = None, now: float | None = None) -> list[str | None]: ...
+    @overload
+    def lookup_many(self, ips: Buffer, *, family: int, now: float | None = None) -> bytes: ...
+    def lookup_many(self, ips: Any, *, family: int | None = None, now: float | None = None) -> Any:
+        """Looks up many addresses with the GIL released.
+
+        A list of str gives a list of remediations. A bytes-like buffer of packed big-endian
+        addresses (4 bytes each with ``family=4``, 16 with ``family=6``) gives one code byte per
+        address: 0 for none, else an index into ``codes``.
+        """
+    def purge_expired(self, now: float | None = None) -> int:
+        """Removes decisions expired at ``now``; returns how many. Costs what expires."""
+    def __len__(self) -> int:
+        """Decisions held, including expired ones not purged yet."""
+    def __contains__(self, ip: str) -> bool:
+        """True when ``ip`` has an active decision now."""
+    def stats(self) -> dict[str, Any]:
+        """Counts by family and kind, normalised networks, remediations, and memory in bytes."""
+    @property
+    def codes(self) -> tuple[str | None, ...]:
+        """Remediation by code of ``lookup_many`` on packed buffers; code 0 is None."""
+    @property
+    def priorities(self) -> list[str]:
+        """Remediations from most to least severe."""
+    def save(self, path: str | PathLike[str], *, metadata: bytes | None = None, now: float | None = None) -> None:
+        """Writes the active decisions to ``path`` atomically (versioned, checksummed)."""
+    @staticmethod
+    def load(path: str | PathLike[str]) -> DecisionIndex:
+        """Reads an index written by ``save``; raises ``SnapshotError`` on a damaged file."""
+    @staticmethod
+    def load_with_metadata(path: str | PathLike[str]) -> tuple[DecisionIndex, bytes]:
+        """Like ``load``, also returning the metadata given to ``save``."""
+    def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
+        """The fewest CIDRs covering exactly the addresses answering ``remediation`` now."""
