@@ -177,6 +177,8 @@ class ReferenceIndex:
             org = _text(item[3], "origin") if len(item) > 3 else origin
         else:
             raise TypeError("an add item must be a str or a tuple (value, remediation, ttl, origin)")
+        if t is not None and not isinstance(t, int | float):
+            raise TypeError("ttl must be a number of seconds or None")
         exp = _expiry(now, None if t is None else float(t))
         net, normalized = parse_net(value)
         return net, normalized, rem, org, exp

@@ -1,0 +1,48 @@
+# One driver for developers, CI and README. Every target works on a fresh machine with a Rust
+# toolchain and Python 3.11: `install` makes .venv and fills it from PyPI.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYO3_PYTHON := $(abspath $(BIN)/python)
+
+.PHONY: install build test test-rust test-python lint bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "hypothesis>=6.100" "pytest-benchmark>=4" \
+		"ruff>=0.6" "mypy>=1.10" typing_extensions pytricia py-radix
+	touch $(STAMP)
+
+# Built .so files are git-ignored; remove the old one so a failed build cannot leave it in use.
+build: install
+	rm -f python/capi_fast/_native*.so
+	$(BIN)/maturin develop --release --quiet
+
+test-rust: install
+	cargo test --release --quiet
+
+test-python: build
+	$(BIN)/pytest -q --benchmark-disable
+
+test: test-rust test-python
+
+lint: build
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/mypy
+	cargo fmt --check
+	cargo clippy --release --all-targets --quiet -- -D warnings
+
+# Full-size benchmarks (1M decisions); prints ratios against the pure-Python reference.
+bench: build
+	BENCH_N=1000000 $(BIN)/pytest benches -q --benchmark-only --benchmark-columns=mean,ops,rounds -p no:randomly
+
+demo: build
+	$(BIN)/capi-fast demo
+
+clean:
+	rm -rf $(VENV) target python/capi_fast/_native*.so

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from capi_fast import DecisionIndex
+from capi_fast.reference import ReferenceIndex
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["native", "reference"])
+def make_index(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Builds the native index or the reference: the semantics tests run against both."""
+    return DecisionIndex if request.param == "native" else ReferenceIndex
