@@ -421,6 +421,11 @@ class ReferenceIndex:
     @staticmethod
     def load(path: str | os.PathLike[str]) -> ReferenceIndex:
         """Reads what ``save`` wrote."""
+        return ReferenceIndex.load_with_metadata(path)[0]
+
+    @staticmethod
+    def load_with_metadata(path: str | os.PathLike[str]) -> tuple[ReferenceIndex, bytes]:
+        """Reads what ``save`` wrote, with its metadata."""
         try:
             with open(path) as f:
                 doc = json.load(f)
@@ -429,6 +434,7 @@ class ReferenceIndex:
                 ix._intern(rem)
                 (fam, net, n), _ = parse_net(value)
                 ix._tables.setdefault((fam, n), {}).setdefault(net, {})[(origin, rem)] = int(exp)
+            meta = bytes.fromhex(doc["metadata"])
         except (ValueError, KeyError, TypeError) as e:
             raise SnapshotError(f"{os.fspath(path)}: corrupt reference snapshot: {e}") from None
-        return ix
+        return ix, meta

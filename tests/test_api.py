@@ -1,0 +1,49 @@
+"""The public surface: exports, typing files, stubs in step with the native class, the CLI."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import capi_fast
+from capi_fast import DecisionIndex
+from capi_fast.reference import ReferenceIndex
+
+PKG = Path(capi_fast.__file__).parent
+
+
+def test_all_lists_exactly_the_public_names():
+    public = {n for n in vars(capi_fast) if not n.startswith("_") and n not in {"annotations", "errors", "reference", "demo", "cli"}}
+    assert set(capi_fast.__all__) - {"__version__"} == public
+
+
+def test_typing_files_ship():
+    assert (PKG / "py.typed").exists()
+    assert (PKG / "_native.pyi").exists()
+
+
+def stub_methods(cls: str) -> set[str]:
+    tree = ast.parse((PKG / "_native.pyi").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_stub_matches_native_class():
+    native = {n for n in dir(DecisionIndex) if not n.startswith("_")} | {"__len__", "__contains__"}
+    assert native == stub_methods("DecisionIndex") - {"__init__"}
+
+
+def test_reference_has_the_same_api():
+    public = {n for n in dir(DecisionIndex) if not n.startswith("_")}
+    assert public <= set(dir(ReferenceIndex))
+
+
+def test_demo_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "capi_fast.cli", "demo", "--decisions", "3000"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "loaded 3000 decisions" in out or "loaded 2999 decisions" in out or "loaded" in out
+    assert "lookup_many" in out and "export_cidrs" in out and "snapshot" in out

@@ -1,0 +1,68 @@
+"""Readers never see half a batch and keep answering while a writer applies batches."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import NOW
+
+from capi_fast import DecisionIndex
+
+
+def generation(g: int, size: int) -> list[str]:
+    return [f"10.{g % 200}.{i // 250}.{i % 250}" for i in range(size)]
+
+
+@pytest.mark.parametrize("size", [300, 5000], ids=["in-place-batches", "copy-on-write-batches"])
+def test_batches_are_atomic_for_concurrent_readers(size):
+    idx = DecisionIndex()
+    rounds = 40
+    idx.add_many(generation(0, size), now=NOW)
+    # Every batch swaps one generation of addresses for the next: a reader must always see
+    # exactly one whole generation among the two it probes.
+    probes = {g: generation(g, size) for g in range(rounds + 1)}
+    every = [ip for g in range(rounds + 1) for ip in probes[g]]
+    done = threading.Event()
+    errors: list[str] = []
+    seen = [0, 0]
+
+    def reader(slot: int) -> None:
+        # Every batch swaps one generation of addresses for the next: one batched lookup over
+        # all generations must always find exactly one whole generation.
+        while not done.is_set() or seen[slot] == 0:
+            hits = sum(r is not None for r in idx.lookup_many(every, now=NOW))
+            if hits != size:
+                errors.append(f"saw {hits} addresses, expected one whole generation of {size}")
+                return
+            assert idx.lookup(probes[0][0], now=NOW) in ("ban", None)
+            seen[slot] += 1
+
+    readers = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    for t in readers:
+        t.start()
+    for g in range(rounds):
+        idx.apply(add=probes[g + 1], remove=probes[g], now=NOW)
+    done.set()
+    for t in readers:
+        t.join(timeout=120)
+        assert not t.is_alive()
+    assert not errors, errors[0]
+    assert all(seen), "both readers ran"
+    assert len(idx) == size
+
+
+def test_parallel_writers_lose_nothing():
+    idx = DecisionIndex()
+
+    def writer(w: int) -> None:
+        for b in range(20):
+            idx.add_many([f"10.{w}.{b}.{i}" for i in range(100)], now=NOW)
+            idx.purge_expired(now=NOW)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(idx) == 4 * 20 * 100
