@@ -1,0 +1,171 @@
+"""DecisionIndex against the pure-Python reference, a plain set, pytricia and py-radix.
+
+pytricia and py-radix answer longest-prefix match only (a weaker question than "every decision
+covering the address, highest priority wins"); they are here as the speed bar of C tries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import EXTRA, N, SEED, record
+
+from capi_fast import DecisionIndex
+from capi_fast.reference import ReferenceIndex
+
+NOW = 1_800_000_000.0
+
+pytricia = pytest.importorskip("pytricia")
+radix = pytest.importorskip("radix")
+
+
+def build_native(items):
+    idx = DecisionIndex()
+    idx.add_many(items, now=NOW)
+    return idx
+
+
+def build_reference(items):
+    idx = ReferenceIndex()
+    idx.add_many(items, now=NOW)
+    return idx
+
+
+def build_set(items):
+    return {v for v, *_ in items}
+
+
+def build_pytricia(items):
+    t4, t6 = pytricia.PyTricia(32), pytricia.PyTricia(128)
+    for v, rem, _, _ in items:
+        (t6 if ":" in v else t4)[v] = rem
+    return t4, t6
+
+
+def build_radix(items):
+    r = radix.Radix()
+    for v, rem, _, _ in items:
+        r.add(v).data["r"] = rem
+    return r
+
+
+BUILDERS = {
+    "native": build_native,
+    "reference": build_reference,
+    "set": build_set,
+    "pytricia": build_pytricia,
+    "py-radix": build_radix,
+}
+
+
+@pytest.fixture(scope="module")
+def built(workload):
+    return {name: b(workload) for name, b in BUILDERS.items()}
+
+
+@pytest.mark.parametrize("impl", list(BUILDERS))
+def test_build(benchmark, workload, impl):
+    rounds = 1 if impl == "reference" or N > 100_000 else 3
+    benchmark.pedantic(BUILDERS[impl], args=(workload,), rounds=rounds, iterations=1)
+    record(benchmark, "build", impl, len(workload) / 1e6 * 1e6)
+
+
+def single_loop(impl, obj, q):
+    if impl == "native" or impl == "reference":
+        lookup = obj.lookup
+        return lambda: [lookup(ip, NOW) for ip in q]
+    if impl == "set":
+        return lambda: [ip in obj for ip in q]
+    if impl == "pytricia":
+        t4 = obj[0]
+        return lambda: [t4.get(ip) for ip in q]
+    search = obj.search_best
+    return lambda: [search(ip) for ip in q]
+
+
+@pytest.mark.parametrize("impl", list(BUILDERS))
+def test_single_lookup(benchmark, built, queries, impl):
+    q = queries if impl != "reference" else queries[:2000]
+    fn = single_loop(impl, built[impl], q)
+    benchmark.pedantic(fn, rounds=3 if impl == "reference" else 10, iterations=1)
+    record(benchmark, "single", impl, len(q))
+
+
+def test_answers_agree(built, queries):
+    """The benchmarked structures hold the same data: native agrees with the reference."""
+    q = queries[:2000]
+    assert built["native"].lookup_many(q, now=NOW) == built["reference"].lookup_many(q, now=NOW)
+
+
+def test_batch_lookup_list(benchmark, built, queries):
+    idx = built["native"]
+    benchmark.pedantic(idx.lookup_many, args=(queries,), kwargs={"now": NOW}, rounds=10, iterations=1)
+    record(benchmark, "batch", "native list[str]", len(queries))
+
+
+def test_batch_lookup_packed(benchmark, built, queries):
+    idx = built["native"]
+    packed = b"".join(ipaddress.IPv4Address(q).packed for q in queries) * 10
+    codes = benchmark.pedantic(idx.lookup_many, args=(packed,), kwargs={"family": 4, "now": NOW}, rounds=20, iterations=1)
+    assert len(codes) == len(queries) * 10
+    record(benchmark, "batch", "native packed", len(queries) * 10)
+
+
+def test_batch_lookup_reference(benchmark, built, queries):
+    q = queries[:2000]
+    benchmark.pedantic(built["reference"].lookup_many, args=(q,), kwargs={"now": NOW}, rounds=3, iterations=1)
+    record(benchmark, "batch", "reference", len(q))
+
+
+def test_batch_lookup_pytricia(benchmark, built, queries):
+    t4 = built["pytricia"][0]
+    benchmark.pedantic(lambda: [t4.get(ip) for ip in queries], rounds=5, iterations=1)
+    record(benchmark, "batch", "pytricia loop", len(queries))
+
+
+MEMORY = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {benches!r})
+    from capi_fast.demo import synthetic_decisions
+    import bench_index as b
+    items = synthetic_decisions({n}, {seed})
+    hosts = [i for i in items if "/" not in i[0] and ":" not in i[0]]
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    before = rss()
+    obj = b.BUILDERS[{impl!r}](hosts)
+    after = rss()
+    out = {{"bytes_per_entry": (after - before) / len(hosts)}}
+    if {impl!r} == "native":
+        out["stats_bytes_per_entry"] = obj.stats()["memory_bytes"] / len(hosts)
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("impl", list(BUILDERS))
+def test_memory_per_single_address(benchmark, impl):
+    """RSS growth per IPv4 single-address decision, each structure built in a fresh process.
+
+    Reported, not asserted: memory is a measured figure like the timings. (It goes through the
+    benchmark fixture only so that ``--benchmark-only`` runs it.)
+    """
+    n = N if impl != "reference" else min(N, 200_000)
+    code = MEMORY.format(benches=os.path.dirname(__file__), n=n, seed=SEED, impl=impl)
+
+    def measure():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+        return json.loads(out.stdout)
+
+    res = benchmark.pedantic(measure, rounds=1, iterations=1)
+    assert res["bytes_per_entry"] > 0
+    for k, v in res.items():
+        EXTRA["bytes per IPv4 address entry (RSS)"][f"{impl} {k.replace('bytes_per_entry', '').strip('_') or 'rss'}"] = v
