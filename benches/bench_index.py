@@ -14,8 +14,8 @@ import sys
 import textwrap
 
 import pytest
-from conftest import EXTRA, N, SEED, record
 
+from benchsupport import EXTRA, SEED, N, record
 from capi_fast import DecisionIndex
 from capi_fast.reference import ReferenceIndex
 
@@ -112,7 +112,9 @@ def test_batch_lookup_list(benchmark, built, queries):
 def test_batch_lookup_packed(benchmark, built, queries):
     idx = built["native"]
     packed = b"".join(ipaddress.IPv4Address(q).packed for q in queries) * 10
-    codes = benchmark.pedantic(idx.lookup_many, args=(packed,), kwargs={"family": 4, "now": NOW}, rounds=20, iterations=1)
+    codes = benchmark.pedantic(
+        idx.lookup_many, args=(packed,), kwargs={"family": 4, "now": NOW}, rounds=20, iterations=1
+    )
     assert len(codes) == len(queries) * 10
     record(benchmark, "batch", "native packed", len(queries) * 10)
 
@@ -168,4 +170,6 @@ def test_memory_per_single_address(benchmark, impl):
     res = benchmark.pedantic(measure, rounds=1, iterations=1)
     assert res["bytes_per_entry"] > 0
     for k, v in res.items():
-        EXTRA["bytes per IPv4 address entry (RSS)"][f"{impl} {k.replace('bytes_per_entry', '').strip('_') or 'rss'}"] = v
+        EXTRA["bytes per IPv4 address entry (RSS)"][
+            f"{impl} {k.replace('bytes_per_entry', '').strip('_') or 'rss'}"
+        ] = v

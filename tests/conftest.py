@@ -8,8 +8,6 @@ import pytest
 from capi_fast import DecisionIndex
 from capi_fast.reference import ReferenceIndex
 
-NOW = 1_800_000_000.0
-
 
 @pytest.fixture(params=["native", "reference"])
 def make_index(request: pytest.FixtureRequest) -> Callable[..., Any]:

@@ -15,7 +15,11 @@ PKG = Path(capi_fast.__file__).parent
 
 
 def test_all_lists_exactly_the_public_names():
-    public = {n for n in vars(capi_fast) if not n.startswith("_") and n not in {"annotations", "errors", "reference", "demo", "cli"}}
+    public = {
+        n
+        for n in vars(capi_fast)
+        if not n.startswith("_") and n not in {"annotations", "errors", "reference", "demo", "cli"}
+    }
     assert set(capi_fast.__all__) - {"__version__"} == public
 
 
@@ -43,7 +47,10 @@ def test_reference_has_the_same_api():
 def test_demo_runs():
     out = subprocess.run(
         [sys.executable, "-m", "capi_fast.cli", "demo", "--decisions", "3000"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     assert "loaded 3000 decisions" in out or "loaded 2999 decisions" in out or "loaded" in out
     assert "lookup_many" in out and "export_cidrs" in out and "snapshot" in out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import NOW
 
 from capi_fast import DecisionIndex
+from support import NOW
 
 
 def generation(g: int, size: int) -> list[str]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NOW
 
 from capi_fast import InvalidDecision, InvalidIP
 from capi_fast.errors import CapiFastError
+from support import NOW
 
 BAD = [
     "",

@@ -15,10 +15,10 @@ T0 = 1_800_000_000.0
 
 # Small pools so that prefixes overlap and collide often.
 v4_hosts = st.builds(lambda a, b: f"10.{a}.{b // 8}.{b}", st.integers(0, 3), st.integers(0, 15))
-v4_nets = st.builds(
-    lambda h, n: f"{h}/{n}", v4_hosts, st.sampled_from([0, 8, 12, 16, 20, 24, 28, 30, 31, 32])
+v4_nets = st.builds(lambda h, n: f"{h}/{n}", v4_hosts, st.sampled_from([0, 8, 12, 16, 20, 24, 28, 30, 31, 32]))
+v6_hosts = st.builds(
+    lambda a, b: str(ipaddress.IPv6Address((0x20010DB8 << 96) | (a << 80) | b)), st.integers(0, 3), st.integers(0, 9)
 )
-v6_hosts = st.builds(lambda a, b: str(ipaddress.IPv6Address((0x20010DB8 << 96) | (a << 80) | b)), st.integers(0, 3), st.integers(0, 9))
 v6_nets = st.builds(lambda h, n: f"{h}/{n}", v6_hosts, st.sampled_from([0, 16, 32, 44, 48, 64, 96, 127, 128]))
 mapped = st.builds(lambda h: f"::ffff:{h}", v4_hosts)
 mapped_nets = st.builds(lambda h, n: f"::ffff:{h}/{n}", v4_hosts, st.sampled_from([96, 104, 120, 128]))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NOW
 
 from capi_fast import DecisionIndex
+from support import NOW
 
 
 def test_highest_priority_wins_not_longest_match(make_index):
@@ -94,7 +94,9 @@ def test_priorities_and_unknown_remediations(make_index):
 def test_apply_is_removes_then_adds(make_index):
     idx = make_index()
     idx.add_many(["192.0.2.1", "192.0.2.2"], origin="CAPI", ttl=60, now=NOW)
-    r = idx.apply(add=[("192.0.2.1", "ban", 30.0, "CAPI"), "192.0.2.9"], remove=["192.0.2.1", ("192.0.2.2", "CAPI")], now=NOW)
+    r = idx.apply(
+        add=[("192.0.2.1", "ban", 30.0, "CAPI"), "192.0.2.9"], remove=["192.0.2.1", ("192.0.2.2", "CAPI")], now=NOW
+    )
     assert (r.added, r.removed) == (2, 2)
     assert [idx.lookup(f"192.0.2.{i}", now=NOW) for i in (1, 2, 9)] == ["ban", None, "ban"]
 

@@ -6,10 +6,10 @@ import os
 import struct
 
 import pytest
-from conftest import NOW
 
 from capi_fast import DecisionIndex, SnapshotError
 from capi_fast._native import SNAPSHOT_VERSION
+from support import NOW
 
 
 def populated() -> DecisionIndex:

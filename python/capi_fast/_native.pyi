@@ -45,6 +45,7 @@ class DecisionIndex:
     Args:
         priorities: remediations from most to least severe. Others rank below them,
             alphabetically.
+
     """
 
     def __init__(self, priorities: Sequence[str] = ("ban", "captcha")) -> None: ...
@@ -99,15 +100,14 @@ class DecisionIndex:
     def lookup(self, ip: str, now: float | None = None) -> str | None:
         """The remediation for ``ip``, or None. Raises ``InvalidIP`` for a malformed address."""
     @overload
-    def lookup_many(self, ips: Iterable[str], *, family: None = None, now: float | None = None) -> list[str | None]: ...
+    def lookup_many(self, ips: Iterable[str], *, family: None = None, now: float | None = None) -> list[str | None]:
+        """Looks up many addresses with the GIL released; gives a list of remediations."""
     @overload
-    def lookup_many(self, ips: Buffer, *, family: int, now: float | None = None) -> bytes: ...
-    def lookup_many(self, ips: Any, *, family: int | None = None, now: float | None = None) -> Any:
-        """Looks up many addresses with the GIL released.
+    def lookup_many(self, ips: Buffer, *, family: int, now: float | None = None) -> bytes:
+        """Looks up a buffer of packed big-endian addresses with the GIL released.
 
-        A list of str gives a list of remediations. A bytes-like buffer of packed big-endian
-        addresses (4 bytes each with ``family=4``, 16 with ``family=6``) gives one code byte per
-        address: 0 for none, else an index into ``codes``.
+        4 bytes each with ``family=4``, 16 with ``family=6``. Gives one code byte per address:
+        0 for none, else an index into ``codes``.
         """
     def purge_expired(self, now: float | None = None) -> int:
         """Removes decisions expired at ``now``; returns how many. Costs what expires."""

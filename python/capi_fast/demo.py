@@ -37,7 +37,9 @@ def synthetic_decisions(n: int, seed: int) -> list[tuple[str, str, float, str]]:
                 out.append((str(ipaddress.IPv6Address(v)), "ban", ttl, "CAPI"))
             else:
                 length = rng.randint(48, 64)
-                out.append((str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI"))
+                out.append(
+                    (str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI")
+                )
     return out
 
 

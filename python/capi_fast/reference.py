@@ -360,6 +360,7 @@ class ReferenceIndex:
 
     def stats(self) -> dict[str, Any]:
         """Counts by family and kind."""
+
         def count(fam: int, host: bool) -> int:
             full = 32 if fam == 4 else 128
             return sum(len(t) for (f, n), t in self._tables.items() if f == fam and (n == full) == host)

@@ -1,0 +1,71 @@
+"""Shared workload and the ratio report of the benchmark suites.
+
+BENCH_N sets the number of decisions (``make bench`` uses 1,000,000; plain test runs use a
+small workload and ``--benchmark-disable``, so the suites stay correct and fast).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from capi_fast.demo import synthetic_decisions
+
+N = int(os.environ.get("BENCH_N", "20000"))
+QUERIES = 100_000 if N >= 100_000 else 5_000
+SEED = 20261124
+
+# group -> impl -> seconds per unit of work (mean)
+RESULTS: dict[str, dict[str, float]] = defaultdict(dict)
+EXTRA: dict[str, dict[str, float]] = defaultdict(dict)
+
+
+def record(benchmark: Any, group: str, impl: str, per: int) -> None:
+    """Stores mean seconds per item of a finished benchmark (nothing when benchmarks are off)."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        RESULTS[group][impl] = stats.stats.mean / per
+
+
+@pytest.fixture(scope="session")
+def workload() -> list[tuple[str, str, float, str]]:
+    return synthetic_decisions(N, SEED)
+
+
+@pytest.fixture(scope="session")
+def queries(workload: list[tuple[str, str, float, str]]) -> list[str]:
+    """Half addresses that are in the index, half random IPv4 (mostly misses), shuffled."""
+    rng = random.Random(SEED + 1)
+    hosts = [v for v, *_ in workload if "/" not in v and ":" not in v]
+    q = rng.sample(hosts, QUERIES // 2) + [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(QUERIES // 2)]
+    rng.shuffle(q)
+    return q
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS and not EXTRA:
+        return
+    w = terminalreporter
+    w.section(f"capi_fast ratios ({N} decisions, {QUERIES} queries)")
+    units = {
+        "build": ("s per 1M decisions", 1e6),
+        "single": ("ns per lookup(str)", 1e9),
+        "batch": ("M lookups/s", None),
+    }
+    for group, impls in RESULTS.items():
+        label, scale = units.get(group.split(":")[0], ("s", 1.0))
+        base = impls.get("reference")
+        w.write_line(f"[{group}] {label}")
+        for impl, sec in sorted(impls.items(), key=lambda kv: kv[1]):
+            shown = f"{1 / sec / 1e6:10.2f}" if scale is None else f"{sec * scale:10.2f}"
+            ratio = f"  {base / sec:7.1f}x faster than reference" if base else ""
+            w.write_line(f"  {impl:<22}{shown}{ratio}")
+    for group, vals in EXTRA.items():
+        w.write_line(f"[{group}]")
+        for k, v in vals.items():
+            w.write_line(f"  {k:<22}{v:10.2f}")
