@@ -21,6 +21,10 @@ pub trait Bits: Copy + Eq + Ord + Hash + Debug + Send + Sync + Default + 'static
     fn to_u128(self) -> u128;
     /// Narrows from `u128`; the caller guarantees the value fits.
     fn from_u128(v: u128) -> Self;
+    /// A 64-bit hash of the key under `seed`, well mixed in its high bits.
+    fn hash64(self, seed: u64) -> u64;
+    /// The first address of top-16-bit block `b`.
+    fn block_start(b: usize) -> Self;
 }
 
 macro_rules! impl_bits {
@@ -58,6 +62,17 @@ macro_rules! impl_bits {
             #[inline]
             fn from_u128(v: u128) -> Self {
                 v as $t
+            }
+            #[inline]
+            fn hash64(self, seed: u64) -> u64 {
+                let v = self as u128;
+                let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
+                let h = (folded ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            }
+            #[inline]
+            fn block_start(b: usize) -> Self {
+                ((b as $t) << ($bits - 16))
             }
         }
     };

@@ -65,11 +65,7 @@ pub fn runs(mut prefixes: Vec<(u128, u8, u16)>, bits: u8, want: u16) -> Vec<(u12
 /// Cuts the run `[a, b]` into the fewest CIDR blocks `(start, len)`.
 pub fn run_to_cidrs(mut a: u128, b: u128, bits: u8, out: &mut Vec<(u128, u8)>) {
     loop {
-        let mut n = if a == 0 {
-            u32::from(bits)
-        } else {
-            a.trailing_zeros().min(u32::from(bits))
-        };
+        let mut n = if a == 0 { u32::from(bits) } else { a.trailing_zeros().min(u32::from(bits)) };
         while a | low_mask(n) > b {
             n -= 1;
         }
@@ -108,11 +104,7 @@ mod tests {
 
     #[test]
     fn ban_inside_ban_and_siblings_merge() {
-        let p = vec![
-            (0x0a00_0000, 8, 0),
-            (0x0a01_0000, 16, 1),
-            (0x0b00_0000, 8, 0),
-        ];
+        let p = vec![(0x0a00_0000, 8, 0), (0x0a01_0000, 16, 1), (0x0b00_0000, 8, 0)];
         // The captcha /16 inside a ban /8 answers ban: everything is one /7.
         assert_eq!(cidrs(p, 0), vec![(0x0a00_0000, 7)]);
         let hosts = vec![(4, 32, 0), (5, 32, 0), (6, 32, 0), (7, 32, 0)];
@@ -126,10 +118,7 @@ mod tests {
             run_to_cidrs(a, b, 128, &mut out);
         }
         assert_eq!(out, vec![(0, 0)]);
-        assert_eq!(
-            runs(vec![(0, 0, 1), (u128::MAX, 128, 0)], 128, 0),
-            vec![(u128::MAX, u128::MAX)]
-        );
+        assert_eq!(runs(vec![(0, 0, 1), (u128::MAX, 128, 0)], 128, 0), vec![(u128::MAX, u128::MAX)]);
         assert_eq!(runs(vec![(0, 0, 0), (u128::MAX, 128, 1)], 128, 1), vec![]);
     }
 }

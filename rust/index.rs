@@ -13,6 +13,8 @@ use hashbrown::HashMap;
 
 /// Longest origin or remediation name accepted.
 pub const MAX_NAME: usize = 256;
+/// Addresses whose hash-table lines are loaded together before they are probed.
+const WARM_GROUP: usize = 32;
 /// Most distinct remediations (codes are one byte, 0 meaning none).
 pub const MAX_REMEDIATIONS: usize = 254;
 
@@ -100,9 +102,7 @@ impl Index {
         for p in priorities {
             check_name("remediation", p)?;
             if ix.priorities.contains(p) {
-                return Err(Error::InvalidDecision(format!(
-                    "remediation {p:?} listed twice in priorities"
-                )));
+                return Err(Error::InvalidDecision(format!("remediation {p:?} listed twice in priorities")));
             }
             ix.priorities.push(p.clone());
         }
@@ -113,18 +113,10 @@ impl Index {
     }
 
     fn rerank(&mut self) {
-        let prio = |name: &str| {
-            self.priorities
-                .iter()
-                .position(|p| p == name)
-                .unwrap_or(usize::MAX)
-        };
+        let prio = |name: &str| self.priorities.iter().position(|p| p == name).unwrap_or(usize::MAX);
         let mut order: Vec<u8> = (0..self.remediations.len() as u8).collect();
         order.sort_by(|&a, &b| {
-            let (na, nb) = (
-                &self.remediations[a as usize],
-                &self.remediations[b as usize],
-            );
+            let (na, nb) = (&self.remediations[a as usize], &self.remediations[b as usize]);
             prio(na).cmp(&prio(nb)).then_with(|| na.cmp(nb))
         });
         let mut rem_rank = vec![0u16; order.len()];
@@ -136,13 +128,7 @@ impl Index {
             .tags
             .iter()
             .enumerate()
-            .map(|(t, &(_, r))| {
-                if t == 0 {
-                    NO_RANK
-                } else {
-                    rem_rank[r as usize]
-                }
-            })
+            .map(|(t, &(_, r))| if t == 0 { NO_RANK } else { rem_rank[r as usize] })
             .collect();
     }
 
@@ -153,9 +139,7 @@ impl Index {
         }
         check_name("remediation", name)?;
         if self.remediations.len() >= MAX_REMEDIATIONS {
-            return Err(Error::InvalidDecision(format!(
-                "more than {MAX_REMEDIATIONS} distinct remediations"
-            )));
+            return Err(Error::InvalidDecision(format!("more than {MAX_REMEDIATIONS} distinct remediations")));
         }
         let id = self.remediations.len() as u8;
         self.remediations.push(name.to_owned());
@@ -187,9 +171,7 @@ impl Index {
             return Ok(t);
         }
         if self.tags.len() > MAX_TAG as usize {
-            return Err(Error::InvalidDecision(format!(
-                "more than {MAX_TAG} distinct (origin, remediation) pairs"
-            )));
+            return Err(Error::InvalidDecision(format!("more than {MAX_TAG} distinct (origin, remediation) pairs")));
         }
         let t = self.tags.len() as u16;
         self.tags.push((o, r));
@@ -209,10 +191,7 @@ impl Index {
             Some(r) => Some(*self.rem_ids.get(r)?),
             None => None,
         };
-        Some(Filter {
-            origin,
-            remediation,
-        })
+        Some(Filter { origin, remediation })
     }
 
     /// Counts a network whose host bits were cleared on the way in.
@@ -253,6 +232,8 @@ impl Index {
             }
         }
         self.count = self.count + added - removed;
+        self.v4.finish();
+        self.v6.finish();
         (added, removed)
     }
 
@@ -286,15 +267,50 @@ impl Index {
         }
     }
 
+    /// Codes of many IPv4 addresses, warming each group's cache lines before probing them.
+    pub fn codes_v4(&self, addrs: impl ExactSizeIterator<Item = u32>, now: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(addrs.len());
+        let mut group = [0u32; WARM_GROUP];
+        let mut n = 0;
+        for a in addrs {
+            group[n] = a;
+            n += 1;
+            if n == WARM_GROUP {
+                group.iter().for_each(|&a| self.v4.warm(a));
+                group.iter().for_each(|&a| self.v4.warm_root(a));
+                out.extend(group.iter().map(|&a| self.code(a, now)));
+                n = 0;
+            }
+        }
+        out.extend(group[..n].iter().map(|&a| self.code(a, now)));
+        out
+    }
+
+    /// Codes of many addresses of either family (IPv4-mapped IPv6 answers as IPv4).
+    pub fn codes(&self, addrs: &[Addr], now: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for group in addrs.chunks(WARM_GROUP) {
+            for a in group {
+                match *a {
+                    Addr::V4(x) => self.v4.warm(x),
+                    Addr::V6(x) => self.v6.warm(x),
+                }
+            }
+            out.extend(group.iter().map(|a| match *a {
+                Addr::V4(x) => self.code(x, now),
+                Addr::V6(x) => self.code(x, now),
+            }));
+        }
+        out
+    }
+
     /// Removes expired decisions, about `budget` at most; returns (removed, finished).
     pub fn purge(&mut self, now: u64, budget: usize) -> (usize, bool) {
         let (a, done4) = self.v4.purge(now, budget);
-        let (b, done6) = if a < budget {
-            self.v6.purge(now, budget - a)
-        } else {
-            (0, false)
-        };
+        let (b, done6) = if a < budget { self.v6.purge(now, budget - a) } else { (0, false) };
         self.count -= a + b;
+        self.v4.finish();
+        self.v6.finish();
         (a + b, done4 && done6)
     }
 
@@ -304,19 +320,12 @@ impl Index {
         let tags = &self.tags;
         let mut push = |net: Net, d: Dec| {
             let (origin, remediation) = tags[d.tag as usize];
-            out.push(Stored {
-                net,
-                origin,
-                remediation,
-                exp: d.exp,
-            });
+            out.push(Stored { net, origin, remediation, exp: d.exp });
         };
         let sets = self.v4.sets();
-        self.v4
-            .for_each(|k, l, s| s.for_each(sets, |d| push(Net::V4(k, l), d)));
+        self.v4.for_each(|k, l, s| s.for_each(sets, |d| push(Net::V4(k, l), d)));
         let sets = self.v6.sets();
-        self.v6
-            .for_each(|k, l, s| s.for_each(sets, |d| push(Net::V6(k, l), d)));
+        self.v6.for_each(|k, l, s| s.for_each(sets, |d| push(Net::V6(k, l), d)));
         out
     }
 
@@ -341,10 +350,7 @@ impl Index {
 
     /// Rank of a remediation id.
     pub fn rank_of(&self, rem: u8) -> u16 {
-        self.rank_rem
-            .iter()
-            .position(|&r| r == rem)
-            .map_or(NO_RANK, |p| p as u16)
+        self.rank_rem.iter().position(|&r| r == rem).map_or(NO_RANK, |p| p as u16)
     }
 
     /// Decisions held, including expired ones not yet purged.
@@ -379,12 +385,7 @@ impl Index {
 
     /// (IPv4 hosts, IPv4 ranges, IPv6 hosts, IPv6 ranges).
     pub fn shape(&self) -> (usize, usize, usize, usize) {
-        (
-            self.v4.host_count(),
-            self.v4.range_count(),
-            self.v6.host_count(),
-            self.v6.range_count(),
-        )
+        (self.v4.host_count(), self.v4.range_count(), self.v6.host_count(), self.v6.range_count())
     }
 
     /// Heap bytes held (estimate).

@@ -15,6 +15,7 @@
 pub mod bits;
 pub mod error;
 pub mod export;
+pub mod hosts;
 pub mod index;
 pub mod parse;
 pub mod py;

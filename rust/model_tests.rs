@@ -40,26 +40,18 @@ fn covers(net: Net, a: Addr) -> bool {
 
 fn model_lookup(m: &[ModelDec], a: Addr, now: u64) -> Option<&'static str> {
     // ban > captcha > unlisted ("mfa")
-    m.iter()
-        .filter(|d| d.exp > now && covers(d.net, a))
-        .map(|d| d.rem)
-        .min()
-        .map(|r| REMS[r])
+    m.iter().filter(|d| d.exp > now && covers(d.net, a)).map(|d| d.rem).min().map(|r| REMS[r])
 }
 
 /// Small address pools so prefixes overlap often.
 fn random_net(r: &mut Rng) -> Net {
     if r.below(3) == 0 {
-        let base: u128 =
-            0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80;
+        let base: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80;
         let host = base | u128::from(r.below(8));
         let len = [128u8, 128, 64, 48, 44, 32, 0][r.below(7) as usize];
         Net::V6(host & <u128 as crate::bits::Bits>::mask(len), len)
     } else {
-        let host = 0x0a00_0000u32
-            | (r.below(4) as u32) << 16
-            | (r.below(4) as u32) << 8
-            | r.below(8) as u32;
+        let host = 0x0a00_0000u32 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32;
         let len = [32u8, 32, 32, 31, 30, 24, 16, 15, 8, 0][r.below(10) as usize];
         Net::V4(host & <u32 as crate::bits::Bits>::mask(len), len)
     }
@@ -67,13 +59,11 @@ fn random_net(r: &mut Rng) -> Net {
 
 fn random_addr(r: &mut Rng) -> Addr {
     match random_net(r) {
-        Net::V4(_, _) => Addr::V4(
-            0x0a00_0000 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32,
-        ),
+        Net::V4(_, _) => {
+            Addr::V4(0x0a00_0000 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32)
+        }
         Net::V6(_, _) => Addr::V6(
-            0x2001_0db8_0000_0000_0000_0000_0000_0000
-                | u128::from(r.below(16) as u8) << 80
-                | u128::from(r.below(8)),
+            0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80 | u128::from(r.below(8)),
         ),
     }
 }
@@ -88,22 +78,13 @@ fn random_operations_match_naive_scan() {
         for step in 0..3000 {
             match r.below(10) {
                 0..=4 => {
-                    let (net, o, m) =
-                        (random_net(&mut r), r.below(3) as usize, r.below(3) as usize);
+                    let (net, o, m) = (random_net(&mut r), r.below(3) as usize, r.below(3) as usize);
                     let exp = now + 1 + r.below(300_000);
                     let tag = ix.tag(ORIGINS[o], REMS[m]).expect("tag");
                     ix.apply(&[Op::Add(net, tag, exp)]);
-                    match model
-                        .iter_mut()
-                        .find(|d| d.net == net && d.origin == o && d.rem == m)
-                    {
+                    match model.iter_mut().find(|d| d.net == net && d.origin == o && d.rem == m) {
                         Some(d) => d.exp = exp,
-                        None => model.push(ModelDec {
-                            net,
-                            origin: o,
-                            rem: m,
-                            exp,
-                        }),
+                        None => model.push(ModelDec { net, origin: o, rem: m, exp }),
                     }
                 }
                 5 => {
@@ -121,31 +102,18 @@ fn random_operations_match_naive_scan() {
                     assert!(done);
                     let before = model.len();
                     model.retain(|d| d.exp > now);
-                    assert_eq!(
-                        n,
-                        before - model.len(),
-                        "purge count, seed {seed} step {step}"
-                    );
+                    assert_eq!(n, before - model.len(), "purge count, seed {seed} step {step}");
                 }
                 _ => {
                     for _ in 0..5 {
                         let a = random_addr(&mut r);
-                        let got = ix
-                            .lookup(a, now)
-                            .map(|id| ix.remediations()[id as usize].as_str());
+                        let got = ix.lookup(a, now).map(|id| ix.remediations()[id as usize].as_str());
                         if got != model_lookup(&model, a, now) {
                             for d in model.iter().filter(|d| covers(d.net, a)) {
-                                eprintln!(
-                                    "{:?} {} {} exp {} now {now}",
-                                    d.net, d.origin, d.rem, d.exp
-                                );
+                                eprintln!("{:?} {} {} exp {} now {now}", d.net, d.origin, d.rem, d.exp);
                             }
                         }
-                        assert_eq!(
-                            got,
-                            model_lookup(&model, a, now),
-                            "seed {seed} step {step} addr {a:?}"
-                        );
+                        assert_eq!(got, model_lookup(&model, a, now), "seed {seed} step {step} addr {a:?}");
                     }
                 }
             }
@@ -159,9 +127,7 @@ fn random_operations_match_naive_scan() {
         }
         for x in 0..(4u32 << 16) {
             let a = 0x0a00_0000 | x;
-            let exported = blocks
-                .iter()
-                .any(|&(s, l)| covers(Net::V4(s as u32, l), Addr::V4(a)));
+            let exported = blocks.iter().any(|&(s, l)| covers(Net::V4(s as u32, l), Addr::V4(a)));
             assert_eq!(
                 exported,
                 model_lookup(&model, Addr::V4(a), now) == Some("ban"),
@@ -175,9 +141,7 @@ fn random_operations_match_naive_scan() {
         assert_eq!(back.len(), model.iter().filter(|d| d.exp > now).count());
         for _ in 0..200 {
             let a = random_addr(&mut r);
-            let got = back
-                .lookup(a, now)
-                .map(|id| back.remediations()[id as usize].as_str());
+            let got = back.lookup(a, now).map(|id| back.remediations()[id as usize].as_str());
             assert_eq!(got, model_lookup(&model, a, now));
         }
     }
@@ -187,26 +151,17 @@ fn random_operations_match_naive_scan() {
 fn damaged_snapshots_are_errors_not_panics() {
     let mut ix = Index::new(&["ban".into()]).expect("index");
     let tag = ix.tag("CAPI", "ban").expect("tag");
-    ix.apply(&[
-        Op::Add(Net::V4(0x0102_0304, 32), tag, 5000),
-        Op::Add(Net::V6(1 << 127, 1), tag, 5000),
-    ]);
+    ix.apply(&[Op::Add(Net::V4(0x0102_0304, 32), tag, 5000), Op::Add(Net::V6(1 << 127, 1), tag, 5000)]);
     let good = crate::snapshot::encode(&ix, 0, b"");
     assert!(crate::snapshot::decode(&good).is_ok());
     for cut in 0..good.len() {
-        assert!(
-            crate::snapshot::decode(&good[..cut]).is_err(),
-            "truncated at {cut} accepted"
-        );
+        assert!(crate::snapshot::decode(&good[..cut]).is_err(), "truncated at {cut} accepted");
     }
     for i in 0..good.len() {
         for bit in [0x01u8, 0x80] {
             let mut bad = good.clone();
             bad[i] ^= bit;
-            assert!(
-                crate::snapshot::decode(&bad).is_err(),
-                "flip at {i} accepted"
-            );
+            assert!(crate::snapshot::decode(&bad).is_err(), "flip at {i} accepted");
         }
     }
 }

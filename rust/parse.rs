@@ -33,30 +33,20 @@ const MAPPED_PREFIX: u128 = 0xffff;
 
 fn invalid(s: &str, why: &str) -> Error {
     let shown: String = s.chars().take(MAX_TEXT).collect();
-    let more = if s.chars().count() > MAX_TEXT {
-        "..."
-    } else {
-        ""
-    };
-    Error::InvalidIp(format!(
-        "invalid IP address or network {shown:?}{more}: {why}"
-    ))
+    let more = if s.chars().count() > MAX_TEXT { "..." } else { "" };
+    Error::InvalidIp(format!("invalid IP address or network {shown:?}{more}: {why}"))
 }
 
 fn parse_host(s: &str, whole: &str) -> Result<Addr> {
     if s.contains(':') {
-        let a: Ipv6Addr = s
-            .parse()
-            .map_err(|_| invalid(whole, "not an IPv6 address"))?;
+        let a: Ipv6Addr = s.parse().map_err(|_| invalid(whole, "not an IPv6 address"))?;
         let v = u128::from(a);
         if v >> 32 == MAPPED_PREFIX {
             return Ok(Addr::V4(v as u32));
         }
         Ok(Addr::V6(v))
     } else {
-        let a: Ipv4Addr = s
-            .parse()
-            .map_err(|_| invalid(whole, "not an IPv4 address"))?;
+        let a: Ipv4Addr = s.parse().map_err(|_| invalid(whole, "not an IPv4 address"))?;
         Ok(Addr::V4(u32::from(a)))
     }
 }
@@ -86,9 +76,7 @@ pub fn parse_net(s: &str) -> Result<(Net, bool)> {
             if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid(s, "prefix length is not a number"));
             }
-            let n: u16 = l
-                .parse()
-                .map_err(|_| invalid(s, "prefix length is not a number"))?;
+            let n: u16 = l.parse().map_err(|_| invalid(s, "prefix length is not a number"))?;
             (h, Some(n))
         }
     };
@@ -140,18 +128,9 @@ mod tests {
     fn parses_hosts_and_networks() {
         assert_eq!(parse_net("1.2.3.4"), Ok((Net::V4(0x0102_0304, 32), false)));
         assert_eq!(parse_net("10.1.2.3/8"), Ok((Net::V4(0x0a00_0000, 8), true)));
-        assert_eq!(
-            parse_net("::ffff:1.2.3.4"),
-            Ok((Net::V4(0x0102_0304, 32), false))
-        );
-        assert_eq!(
-            parse_net("::ffff:1.2.3.0/120"),
-            Ok((Net::V4(0x0102_0300, 24), false))
-        );
-        assert_eq!(
-            parse_net("2001:db8::1/32"),
-            Ok((Net::V6(0x2001_0db8 << 96, 32), true))
-        );
+        assert_eq!(parse_net("::ffff:1.2.3.4"), Ok((Net::V4(0x0102_0304, 32), false)));
+        assert_eq!(parse_net("::ffff:1.2.3.0/120"), Ok((Net::V4(0x0102_0300, 24), false)));
+        assert_eq!(parse_net("2001:db8::1/32"), Ok((Net::V6(0x2001_0db8 << 96, 32), true)));
         assert_eq!(parse_net("0.0.0.0/0"), Ok((Net::V4(0, 0), false)));
         assert_eq!(parse_addr("::ffff:10.0.0.1"), Ok(Addr::V4(0x0a00_0001)));
     }
@@ -174,10 +153,7 @@ mod tests {
             "1.2.3.4/255.0.0.0",
             "abc",
         ] {
-            assert!(
-                matches!(parse_net(bad), Err(Error::InvalidIp(_))),
-                "{bad:?} accepted"
-            );
+            assert!(matches!(parse_net(bad), Err(Error::InvalidIp(_))), "{bad:?} accepted");
         }
         let huge = "1".repeat(100_000);
         assert!(matches!(parse_net(&huge), Err(Error::InvalidIp(m)) if m.len() < 200));

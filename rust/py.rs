@@ -36,12 +36,8 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
 fn clock(now: Option<f64>) -> PyResult<f64> {
     match now {
         Some(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        Some(t) => Err(PyValueError::new_err(format!(
-            "now must be a finite, non-negative Unix time, got {t}"
-        ))),
-        None => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())),
+        Some(t) => Err(PyValueError::new_err(format!("now must be a finite, non-negative Unix time, got {t}"))),
+        None => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())),
     }
 }
 
@@ -53,9 +49,7 @@ fn ms(t: f64) -> u64 {
 fn expiry(now: f64, ttl: Option<f64>) -> PyResult<u64> {
     match ttl {
         None => Ok(NEVER),
-        Some(t) if t.is_nan() => Err(PyValueError::new_err(
-            "ttl must be a number of seconds, got NaN",
-        )),
+        Some(t) if t.is_nan() => Err(PyValueError::new_err("ttl must be a number of seconds, got NaN")),
         Some(t) if t == f64::INFINITY => Ok(NEVER),
         Some(t) => Ok(ms(now + t)),
     }
@@ -122,18 +116,15 @@ fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
     match v {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(v) => Ok(Some(v.extract::<f64>().map_err(|_| {
-            PyTypeError::new_err("ttl must be a number of seconds or None")
-        })?)),
+        Some(v) => {
+            Ok(Some(v.extract::<f64>().map_err(|_| PyTypeError::new_err("ttl must be a number of seconds or None"))?))
+        }
     }
 }
 
 impl PyDecisionIndex {
     fn wrap(ix: Index) -> PyDecisionIndex {
-        PyDecisionIndex {
-            inner: Shared::new(ix),
-            names: RwLock::new(Vec::new()),
-        }
+        PyDecisionIndex { inner: Shared::new(ix), names: RwLock::new(Vec::new()) }
     }
 
     fn name(&self, py: Python<'_>, rem: u8) -> Py<PyString> {
@@ -224,20 +215,14 @@ impl PyDecisionIndex {
             (s.clone(), remediation.to_owned(), ttl, origin.to_owned())
         } else if let Ok(t) = item.cast::<PyTuple>() {
             if t.is_empty() || t.len() > 4 {
-                return Err(PyTypeError::new_err(
-                    "an add item is (value, remediation, ttl, origin) or a prefix of it",
-                ));
+                return Err(PyTypeError::new_err("an add item is (value, remediation, ttl, origin) or a prefix of it"));
             }
             let value = text(&t.get_item(0)?, "value")?;
             let rem = match t.len() > 1 {
                 true => text(&t.get_item(1)?, "remediation")?.to_str()?.to_owned(),
                 false => remediation.to_owned(),
             };
-            let ttl = if t.len() > 2 {
-                opt_f64(Some(t.get_item(2)?))?
-            } else {
-                ttl
-            };
+            let ttl = if t.len() > 2 { opt_f64(Some(t.get_item(2)?))? } else { ttl };
             let org = match t.len() > 3 {
                 true => text(&t.get_item(3)?, "origin")?.to_str()?.to_owned(),
                 false => origin.to_owned(),
@@ -262,9 +247,7 @@ impl PyDecisionIndex {
     #[new]
     #[pyo3(signature = (priorities = vec!["ban".to_owned(), "captcha".to_owned()]))]
     fn new(py: Python<'_>, priorities: Vec<String>) -> PyResult<Self> {
-        Ok(Self::wrap(
-            Index::new(&priorities).map_err(|e| to_py(py, e))?,
-        ))
+        Ok(Self::wrap(Index::new(&priorities).map_err(|e| to_py(py, e))?))
     }
 
     /// Adds a decision, or replaces the expiry of the same (value, origin, remediation).
@@ -280,9 +263,7 @@ impl PyDecisionIndex {
     ) -> PyResult<bool> {
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
-        let item = self
-            .parse_add(value, remediation, ttl, origin, now)?
-            .map_err(|e| to_py(py, e))?;
+        let item = self.parse_add(value, remediation, ttl, origin, now)?.map_err(|e| to_py(py, e))?;
         let r = self.run_batch(py, vec![item], vec![], ms(now), BatchResult::default())?;
         Ok(r.added == 1)
     }
@@ -354,16 +335,10 @@ impl PyDecisionIndex {
                         };
                         (text(&t.get_item(0)?, "value")?, opt(1)?, opt(2)?)
                     } else {
-                        return Err(PyTypeError::new_err(
-                            "a remove item must be a str or a tuple",
-                        ));
+                        return Err(PyTypeError::new_err("a remove item must be a str or a tuple"));
                     };
                 match parse_net(value.to_str()?) {
-                    Ok((net, _)) => removes.push(RemoveItem {
-                        net,
-                        origin: o,
-                        remediation: r,
-                    }),
+                    Ok((net, _)) => removes.push(RemoveItem { net, origin: o, remediation: r }),
                     Err(e) if strict => return Err(to_py(py, e)),
                     Err(_) => result.skipped += 1,
                 }
@@ -382,35 +357,16 @@ impl PyDecisionIndex {
         remediation: Option<String>,
     ) -> PyResult<usize> {
         let (net, _) = parse_net(text(value, "value")?.to_str()?).map_err(|e| to_py(py, e))?;
-        let r = self.run_batch(
-            py,
-            vec![],
-            vec![RemoveItem {
-                net,
-                origin,
-                remediation,
-            }],
-            0,
-            BatchResult::default(),
-        )?;
+        let r = self.run_batch(py, vec![], vec![RemoveItem { net, origin, remediation }], 0, BatchResult::default())?;
         Ok(r.removed)
     }
 
     /// The remediation for `ip` at `now`, or None.
     #[pyo3(signature = (ip, now = None))]
-    fn lookup(
-        &self,
-        py: Python<'_>,
-        ip: &Bound<'_, PyAny>,
-        now: Option<f64>,
-    ) -> PyResult<Option<Py<PyString>>> {
+    fn lookup(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Option<Py<PyString>>> {
         let s = match ip.cast::<PyString>() {
             Ok(s) => s,
-            Err(_) => {
-                return Err(text(ip, "ip")
-                    .err()
-                    .unwrap_or_else(|| PyTypeError::new_err("ip must be a str")))
-            }
+            Err(_) => return Err(text(ip, "ip").err().unwrap_or_else(|| PyTypeError::new_err("ip must be a str"))),
         };
         let addr = parse_addr(s.to_str()?).map_err(|e| to_py(py, e))?;
         Ok(self.lookup_addr(py, addr, ms(clock(now)?)))
@@ -448,22 +404,11 @@ impl PyDecisionIndex {
             addrs.push(parse_addr(text(&ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?);
         }
         let ix = self.inner.snapshot();
-        let codes: Vec<u8> = py.detach(|| {
-            addrs
-                .iter()
-                .map(|a| match *a {
-                    Addr::V4(x) => ix.code(x, now),
-                    Addr::V6(x) => ix.code(x, now),
-                })
-                .collect()
-        });
-        let names: Vec<Option<Py<PyString>>> = (0..=ix.remediations().len())
-            .map(|c| (c > 0).then(|| self.name(py, (c - 1) as u8)))
-            .collect();
-        let out: Vec<Option<Py<PyString>>> = codes
-            .iter()
-            .map(|&c| names[c as usize].as_ref().map(|n| n.clone_ref(py)))
-            .collect();
+        let codes: Vec<u8> = py.detach(|| ix.codes(&addrs, now));
+        let names: Vec<Option<Py<PyString>>> =
+            (0..=ix.remediations().len()).map(|c| (c > 0).then(|| self.name(py, (c - 1) as u8))).collect();
+        let out: Vec<Option<Py<PyString>>> =
+            codes.iter().map(|&c| names[c as usize].as_ref().map(|n| n.clone_ref(py))).collect();
         Ok(out.into_pyobject(py)?.into_any())
     }
 
@@ -485,7 +430,10 @@ impl PyDecisionIndex {
     fn __repr__(&self) -> String {
         let ix = self.inner.read();
         let (h4, r4, h6, r6) = ix.shape();
-        format!("DecisionIndex({} decisions; IPv4 {h4} addresses, {r4} ranges; IPv6 {h6} addresses, {r6} ranges)", ix.len())
+        format!(
+            "DecisionIndex({} decisions; IPv4 {h4} addresses, {r4} ranges; IPv6 {h6} addresses, {r6} ranges)",
+            ix.len()
+        )
     }
 
     /// Counts and memory of the index.
@@ -522,13 +470,7 @@ impl PyDecisionIndex {
 
     /// Writes the decisions active at `now` to `path` atomically.
     #[pyo3(signature = (path, *, metadata = None, now = None))]
-    fn save(
-        &self,
-        py: Python<'_>,
-        path: PathBuf,
-        metadata: Option<Vec<u8>>,
-        now: Option<f64>,
-    ) -> PyResult<()> {
+    fn save(&self, py: Python<'_>, path: PathBuf, metadata: Option<Vec<u8>>, now: Option<f64>) -> PyResult<()> {
         let now = ms(clock(now)?);
         let ix = self.inner.snapshot();
         let meta = metadata.unwrap_or_default();
@@ -544,10 +486,7 @@ impl PyDecisionIndex {
 
     /// Loads an index written by `save`, with the metadata saved beside it.
     #[staticmethod]
-    fn load_with_metadata(
-        py: Python<'_>,
-        path: PathBuf,
-    ) -> PyResult<(PyDecisionIndex, Py<PyBytes>)> {
+    fn load_with_metadata(py: Python<'_>, path: PathBuf) -> PyResult<(PyDecisionIndex, Py<PyBytes>)> {
         let bytes = py.detach(|| std::fs::read(&path))?;
         let (ix, meta) = py.detach(|| snapshot::decode(&bytes)).map_err(|e| {
             let m = format!("{}: {e}", path.display());
@@ -558,17 +497,9 @@ impl PyDecisionIndex {
 
     /// The fewest CIDRs covering exactly the addresses whose answer is `remediation` at `now`.
     #[pyo3(signature = (remediation = "ban", family = 4, now = None))]
-    fn export_cidrs(
-        &self,
-        py: Python<'_>,
-        remediation: &str,
-        family: u8,
-        now: Option<f64>,
-    ) -> PyResult<Vec<String>> {
+    fn export_cidrs(&self, py: Python<'_>, remediation: &str, family: u8, now: Option<f64>) -> PyResult<Vec<String>> {
         if family != 4 && family != 6 {
-            return Err(PyValueError::new_err(format!(
-                "family must be 4 or 6, got {family}"
-            )));
+            return Err(PyValueError::new_err(format!("family must be 4 or 6, got {family}")));
         }
         let now = ms(clock(now)?);
         let ix = self.inner.snapshot();
@@ -584,13 +515,7 @@ impl PyDecisionIndex {
             }
             blocks
                 .into_iter()
-                .map(|(s, l)| {
-                    format_net(if family == 4 {
-                        Net::V4(s as u32, l)
-                    } else {
-                        Net::V6(s, l)
-                    })
-                })
+                .map(|(s, l)| format_net(if family == 4 { Net::V4(s as u32, l) } else { Net::V6(s, l) }))
                 .collect()
         });
         Ok(cidrs)
@@ -608,16 +533,8 @@ impl PyDecisionIndex {
         let width = match family {
             Some(4) => 4,
             Some(6) => 16,
-            Some(f) => {
-                return Err(PyValueError::new_err(format!(
-                    "family must be 4 or 6, got {f}"
-                )))
-            }
-            None => {
-                return Err(PyValueError::new_err(
-                    "a packed buffer needs family=4 or family=6",
-                ))
-            }
+            Some(f) => return Err(PyValueError::new_err(format!("family must be 4 or 6, got {f}"))),
+            None => return Err(PyValueError::new_err("a packed buffer needs family=4 or family=6")),
         };
         if data.len() % width != 0 {
             return Err(PyValueError::new_err(format!(
@@ -629,9 +546,7 @@ impl PyDecisionIndex {
         let ix = self.inner.snapshot();
         let codes: Vec<u8> = py.detach(|| {
             if width == 4 {
-                data.chunks_exact(4)
-                    .map(|c| ix.code(u32::from_be_bytes([c[0], c[1], c[2], c[3]]), now))
-                    .collect()
+                ix.codes_v4(data.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])), now)
             } else {
                 data.chunks_exact(16)
                     .map(|c| {

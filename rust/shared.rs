@@ -26,10 +26,7 @@ pub struct Shared {
 impl Shared {
     /// Shares `ix`.
     pub fn new(ix: Index) -> Shared {
-        Shared {
-            current: RwLock::new(Arc::new(ix)),
-            writer: Mutex::new(()),
-        }
+        Shared { current: RwLock::new(Arc::new(ix)), writer: Mutex::new(()) }
     }
 
     /// A read guard for short reads.

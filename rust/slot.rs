@@ -50,11 +50,7 @@ impl Sets {
     /// Heap bytes held (for `stats()`).
     pub fn heap_bytes(&self) -> usize {
         self.sets.capacity() * std::mem::size_of::<Vec<Dec>>()
-            + self
-                .sets
-                .iter()
-                .map(|v| v.capacity() * std::mem::size_of::<Dec>())
-                .sum::<usize>()
+            + self.sets.iter().map(|v| v.capacity() * std::mem::size_of::<Dec>()).sum::<usize>()
             + self.free.capacity() * 4
     }
 }
@@ -70,11 +66,7 @@ pub struct Slot {
 impl Slot {
     #[inline]
     fn one(d: Dec) -> Slot {
-        Slot {
-            lo: d.exp as u32,
-            hi: (d.exp >> 32) as u16,
-            tag: d.tag,
-        }
+        Slot { lo: d.exp as u32, hi: (d.exp >> 32) as u16, tag: d.tag }
     }
 
     #[inline]
@@ -93,11 +85,7 @@ impl Slot {
     pub fn best(self, sets: &Sets, now: u64, ranks: &[u16]) -> u16 {
         if self.tag != MANY {
             // EMPTY has expiry 0, never active.
-            return if self.exp() > now {
-                ranks[self.tag as usize]
-            } else {
-                NO_RANK
-            };
+            return if self.exp() > now { ranks[self.tag as usize] } else { NO_RANK };
         }
         let mut best = NO_RANK;
         for d in &sets.sets[self.lo as usize] {
@@ -113,10 +101,7 @@ impl Slot {
         match self.tag {
             EMPTY => {}
             MANY => sets.sets[self.lo as usize].iter().for_each(|d| f(*d)),
-            _ => f(Dec {
-                exp: self.exp(),
-                tag: self.tag,
-            }),
+            _ => f(Dec { exp: self.exp(), tag: self.tag }),
         }
     }
 
@@ -154,16 +139,9 @@ impl Slot {
                 Some(prev)
             }
             _ => {
-                let cur = Dec {
-                    exp: self.exp(),
-                    tag: self.tag,
-                };
+                let cur = Dec { exp: self.exp(), tag: self.tag };
                 let i = sets.alloc(vec![cur, d]);
-                *self = Slot {
-                    lo: i,
-                    hi: 0,
-                    tag: MANY,
-                };
+                *self = Slot { lo: i, hi: 0, tag: MANY };
                 None
             }
         }
@@ -193,10 +171,7 @@ impl Slot {
                 removed
             }
             _ => {
-                if drop(Dec {
-                    exp: self.exp(),
-                    tag: self.tag,
-                }) {
+                if drop(Dec { exp: self.exp(), tag: self.tag }) {
                     *self = Slot::default();
                     1
                 } else {

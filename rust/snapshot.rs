@@ -71,11 +71,7 @@ fn corrupt(why: &str) -> Error {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| corrupt("truncated"))?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| corrupt("truncated"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -115,16 +111,12 @@ impl<'a> Reader<'a> {
 /// Rebuilds an index from snapshot bytes; returns it with the caller metadata.
 pub fn decode(buf: &[u8]) -> Result<(Index, Vec<u8>)> {
     if buf.len() < 24 || &buf[..8] != MAGIC {
-        return Err(Error::Snapshot(
-            "not a capi_fast snapshot (bad magic or too short)".into(),
-        ));
+        return Err(Error::Snapshot("not a capi_fast snapshot (bad magic or too short)".into()));
     }
     let mut r = Reader { buf, pos: 8 };
     let version = r.u32()?;
     if version != VERSION {
-        return Err(Error::Snapshot(format!(
-            "snapshot format version {version}; this build reads {VERSION}"
-        )));
+        return Err(Error::Snapshot(format!("snapshot format version {version}; this build reads {VERSION}")));
     }
     let len = r.u64()?;
     if len != (buf.len() - 24) as u64 {
@@ -136,10 +128,7 @@ pub fn decode(buf: &[u8]) -> Result<(Index, Vec<u8>)> {
     if crc32fast::hash(&buf[8..body_end]) != u32::from_le_bytes(crc) {
         return Err(corrupt("checksum mismatch"));
     }
-    let mut r = Reader {
-        buf: &buf[..body_end],
-        pos: 20,
-    };
+    let mut r = Reader { buf: &buf[..body_end], pos: 20 };
     let priorities = r.names()?;
     let remediations = r.names()?;
     let origins = r.names()?;
@@ -205,20 +194,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "snapshot path names no file",
-        )
-    })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(
-        ".{}.{}.{nanos}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path names no file"))?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{}.{}.{nanos}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -2,9 +2,9 @@
 //! a [`Trie`], and the expiry index that makes purging cost what expires.
 
 use crate::bits::Bits;
+use crate::hosts::Hosts;
 use crate::slot::{Dec, Sets, Slot, NEVER, NO_RANK};
 use crate::trie::Trie;
-use hashbrown::HashMap;
 use std::collections::BTreeMap;
 
 /// Expiry buckets are 2^16 ms (about 65 s) wide.
@@ -20,9 +20,7 @@ struct Expiry<T> {
 
 impl<T> Default for Expiry<T> {
     fn default() -> Self {
-        Expiry {
-            buckets: BTreeMap::new(),
-        }
+        Expiry { buckets: BTreeMap::new() }
     }
 }
 
@@ -35,22 +33,16 @@ impl<T: Copy> Expiry<T> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.buckets
-            .values()
-            .map(|v| v.capacity() * std::mem::size_of::<T>() + 48)
-            .sum()
+        self.buckets.values().map(|v| v.capacity() * std::mem::size_of::<T>() + 48).sum()
     }
 }
 
 /// The decisions of one address family.
 #[derive(Debug, Clone)]
 pub struct Table<K: Bits> {
-    hosts: HashMap<K, Slot>,
+    hosts: Hosts<K>,
     trie: Trie<K>,
     sets: Sets,
-    /// How many stored ranges overlap each block of the top 16 bits; a zero lets a lookup skip
-    /// the trie. Empty until the first range arrives.
-    cover: Vec<u32>,
     ranges: usize,
     host_exp: Expiry<K>,
     range_exp: Expiry<(K, u8)>,
@@ -59,10 +51,9 @@ pub struct Table<K: Bits> {
 impl<K: Bits> Default for Table<K> {
     fn default() -> Self {
         Table {
-            hosts: HashMap::new(),
+            hosts: Hosts::default(),
             trie: Trie::default(),
             sets: Sets::default(),
-            cover: Vec::new(),
             ranges: 0,
             host_exp: Expiry::default(),
             range_exp: Expiry::default(),
@@ -76,31 +67,39 @@ impl<K: Bits> Table<K> {
         self.hosts.reserve(n);
     }
 
-    fn cover_add(&mut self, key: K, len: u8, delta: i32) {
-        if self.cover.is_empty() {
-            self.cover = vec![0; 1 << 16];
+    /// Warms the cache line where a lookup of `addr` will probe.
+    #[inline]
+    pub fn warm(&self, addr: K) {
+        self.hosts.warm(addr);
+        if self.ranges != 0 {
+            self.trie.warm(addr);
         }
-        let first = key.top16();
-        let n = if len >= 16 { 1 } else { 1usize << (16 - len) };
-        for c in &mut self.cover[first..first + n] {
-            *c = c.wrapping_add_signed(delta);
+    }
+
+    /// Second warming step: the trie node the lookup of `addr` starts from.
+    #[inline]
+    pub fn warm_root(&self, addr: K) {
+        if self.ranges != 0 {
+            self.trie.warm_root(addr);
         }
+    }
+
+    /// Rebuilds derived lookup tables after a batch of changes.
+    pub fn finish(&mut self) {
+        self.trie.finish();
     }
 
     /// Adds decision `d` on `key/len`, or refreshes its expiry. Returns true if it is new.
     pub fn upsert(&mut self, key: K, len: u8, d: Dec) -> bool {
         if len == K::BITS {
-            let old = self.hosts.entry(key).or_default().upsert(&mut self.sets, d);
+            let old = self.hosts.entry(key).upsert(&mut self.sets, d);
             self.host_exp.note(old, d.exp, key);
             return old.is_none();
         }
         let slot = self.trie.slot_mut(key, len);
         let was_empty = slot.is_empty();
         let old = slot.upsert(&mut self.sets, d);
-        if was_empty {
-            self.ranges += 1;
-            self.cover_add(key, len, 1);
-        }
+        self.ranges += usize::from(was_empty);
         self.range_exp.note(old, d.exp, (key, len));
         old.is_none()
     }
@@ -108,14 +107,8 @@ impl<K: Bits> Table<K> {
     /// Removes the decisions on exactly `key/len` for which `drop` is true.
     pub fn remove(&mut self, key: K, len: u8, drop: impl FnMut(Dec) -> bool) -> usize {
         if len == K::BITS {
-            let Some(slot) = self.hosts.get_mut(&key) else {
-                return 0;
-            };
-            let n = slot.remove(&mut self.sets, drop);
-            if slot.is_empty() {
-                self.hosts.remove(&key);
-            }
-            return n;
+            let sets = &mut self.sets;
+            return self.hosts.update(key, |s| s.remove(sets, drop)).unwrap_or(0);
         }
         let sets = &mut self.sets;
         let Some((n, emptied)) = self.trie.update(key, len, |s| {
@@ -124,23 +117,19 @@ impl<K: Bits> Table<K> {
         }) else {
             return 0;
         };
-        if emptied {
-            self.ranges -= 1;
-            self.cover_add(key, len, -1);
-        }
+        self.ranges -= usize::from(emptied);
         n
     }
 
     /// The best rank among active decisions covering `addr`.
     #[inline]
     pub fn best(&self, addr: K, now: u64, ranks: &[u16]) -> u16 {
-        let mut best = match self.hosts.get(&addr) {
+        let mut best = match self.hosts.get(addr) {
             Some(s) => s.best(&self.sets, now, ranks),
             None => NO_RANK,
         };
-        if self.ranges != 0 && self.cover[addr.top16()] != 0 {
-            self.trie
-                .covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
+        if self.ranges != 0 {
+            self.trie.covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
         }
         best
     }
@@ -186,9 +175,7 @@ impl<K: Bits> Table<K> {
         if let Some(mut hints) = self.host_exp.buckets.remove(&current) {
             hints.retain(|&k| {
                 removed += self.remove(k, K::BITS, expired);
-                self.hosts
-                    .get(&k)
-                    .is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
+                self.hosts.get(k).is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
             });
             if !hints.is_empty() {
                 self.host_exp.buckets.insert(current, hints);
@@ -197,9 +184,7 @@ impl<K: Bits> Table<K> {
         if let Some(mut hints) = self.range_exp.buckets.remove(&current) {
             hints.retain(|&(k, l)| {
                 removed += self.remove(k, l, expired);
-                self.trie
-                    .get(k, l)
-                    .is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
+                self.trie.get(k, l).is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
             });
             if !hints.is_empty() {
                 self.range_exp.buckets.insert(current, hints);
@@ -210,8 +195,8 @@ impl<K: Bits> Table<K> {
 
     /// Calls `f(key, len, slot)` on every prefix holding decisions, hosts first.
     pub fn for_each(&self, mut f: impl FnMut(K, u8, Slot)) {
-        for (k, s) in &self.hosts {
-            f(*k, K::BITS, *s);
+        for (k, s) in self.hosts.iter() {
+            f(k, K::BITS, s);
         }
         self.trie.for_each(f);
     }
@@ -233,17 +218,9 @@ impl<K: Bits> Table<K> {
 
     /// Heap bytes held by this family's structures (an estimate within a few percent).
     pub fn heap_bytes(&self) -> usize {
-        let cap = self.hosts.capacity();
-        // hashbrown keeps a power-of-two bucket count at most 7/8 full, one control byte each.
-        let buckets = match cap {
-            0 => 0,
-            1..=7 => (cap + 1).next_power_of_two(),
-            _ => (cap * 8 / 7).next_power_of_two(),
-        };
-        buckets * (std::mem::size_of::<(K, Slot)>() + 1)
+        self.hosts.heap_bytes()
             + self.trie.heap_bytes()
             + self.sets.heap_bytes()
-            + self.cover.capacity() * 4
             + self.host_exp.heap_bytes()
             + self.range_exp.heap_bytes()
     }

@@ -1,13 +1,18 @@
-//! A path-compressed binary (Patricia) trie of network prefixes, one per address family.
+//! Path-compressed binary (Patricia) tries of network prefixes, one forest per address family.
 //!
-//! Nodes live in an arena (`Vec`) addressed by `u32`; a node holds a prefix and a [`Slot`] of
+//! The forest is level-compressed at the root: prefixes shorter than /16 share one small trie,
+//! and every longer prefix lives in the trie of its /16 block, found by direct indexing. A
+//! lookup walks the short trie (a few nodes, hot in cache) and the few nodes of one block,
+//! instead of a deep path from a single root.
+//!
+//! Nodes live in one arena (`Vec`) addressed by `u32`; a node holds a prefix and a [`Slot`] of
 //! decisions. A node whose slot is empty always has two children (it is a branching "glue"
-//! node), so the trie has at most `2n - 1` nodes for `n` stored prefixes.
+//! node), so each trie has at most `2n - 1` nodes for `n` stored prefixes.
 //!
 //! | operation | cost |
 //! |---|---|
 //! | insert / find / remove a prefix | O(W) node visits, W = address width |
-//! | visit every prefix covering an address | O(W) |
+//! | visit every prefix covering an address | O(short-trie depth + block-trie depth) |
 
 use crate::bits::Bits;
 use crate::slot::Slot;
@@ -22,32 +27,53 @@ struct Node<K> {
     slot: Slot,
 }
 
-/// The prefix trie of one address family.
+/// Prefixes shorter than this share the short trie; longer ones go to their block's trie.
+const SPLIT: u8 = 16;
+
+/// The prefix forest of one address family.
 #[derive(Debug, Clone)]
 pub struct Trie<K> {
     nodes: Vec<Node<K>>,
     free: Vec<u32>,
-    root: u32,
+    /// Root of the short trie.
+    short: u32,
+    /// One entry per /16 block (plus an end marker); empty until the first range arrives.
+    blocks: Vec<Block>,
+    /// For block `b`, `short_slots[blocks[b].short..blocks[b + 1].short]` are copies of the
+    /// slots of the short prefixes covering the whole block, so a lookup reads one contiguous
+    /// run instead of walking the short trie. Rebuilt by [`Trie::finish`] after any change to
+    /// the short trie (a refreshed expiry included, since the copies hold it).
+    short_slots: Vec<Slot>,
+    short_dirty: bool,
 }
+
+/// What a lookup needs of one /16 block, in one cache line access.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    /// Root of the block's trie of prefixes /16 and longer.
+    root: u32,
+    /// Start of the block's run in `short_slots`.
+    short: u32,
+}
+
+const NO_BLOCK: Block = Block { root: NIL, short: 0 };
 
 impl<K: Bits> Default for Trie<K> {
     fn default() -> Self {
         Trie {
             nodes: Vec::new(),
             free: Vec::new(),
-            root: NIL,
+            short: NIL,
+            blocks: Vec::new(),
+            short_slots: Vec::new(),
+            short_dirty: false,
         }
     }
 }
 
 impl<K: Bits> Trie<K> {
     fn alloc(&mut self, key: K, len: u8) -> u32 {
-        let node = Node {
-            key,
-            len,
-            child: [NIL, NIL],
-            slot: Slot::default(),
-        };
+        let node = Node { key, len, child: [NIL, NIL], slot: Slot::default() };
         if let Some(i) = self.free.pop() {
             self.nodes[i as usize] = node;
             i
@@ -57,9 +83,29 @@ impl<K: Bits> Trie<K> {
         }
     }
 
-    fn link(&mut self, parent: u32, dir: usize, to: u32) {
+    /// Which root holds `key/len`: `None` for the short trie, else the block.
+    #[inline]
+    fn tree(key: K, len: u8) -> Option<usize> {
+        (len >= SPLIT).then(|| key.top16())
+    }
+
+    #[inline]
+    fn root(&self, tree: Option<usize>) -> u32 {
+        match tree {
+            None => self.short,
+            Some(b) => self.blocks.get(b).map_or(NIL, |blk| blk.root),
+        }
+    }
+
+    fn link(&mut self, tree: Option<usize>, parent: u32, dir: usize, to: u32) {
         if parent == NIL {
-            self.root = to;
+            match tree {
+                None => self.short = to,
+                Some(b) => {
+                    self.ensure_blocks();
+                    self.blocks[b].root = to;
+                }
+            }
         } else {
             self.nodes[parent as usize].child[dir] = to;
         }
@@ -68,15 +114,24 @@ impl<K: Bits> Trie<K> {
     /// The slot of prefix `key/len`, created (empty) if absent. `key` must be normalised.
     pub fn slot_mut(&mut self, key: K, len: u8) -> &mut Slot {
         let i = self.insert(key, len);
+        // The per-block copies of short slots must be rebuilt.
+        self.short_dirty |= len < SPLIT;
         &mut self.nodes[i as usize].slot
     }
 
+    fn ensure_blocks(&mut self) {
+        if self.blocks.is_empty() {
+            self.blocks = vec![NO_BLOCK; (1 << 16) + 1];
+        }
+    }
+
     fn insert(&mut self, key: K, len: u8) -> u32 {
-        let (mut parent, mut dir, mut cur) = (NIL, 0usize, self.root);
+        let tree = Self::tree(key, len);
+        let (mut parent, mut dir, mut cur) = (NIL, 0usize, self.root(tree));
         loop {
             if cur == NIL {
                 let n = self.alloc(key, len);
-                self.link(parent, dir, n);
+                self.link(tree, parent, dir, n);
                 return n;
             }
             let (nkey, nlen) = {
@@ -96,21 +151,21 @@ impl<K: Bits> Trie<K> {
             if common == len {
                 let n = self.alloc(key, len);
                 self.nodes[n as usize].child[nkey.bit(len)] = cur;
-                self.link(parent, dir, n);
+                self.link(tree, parent, dir, n);
                 return n;
             }
             let glue = self.alloc(key.and(K::mask(common)), common);
             let leaf = self.alloc(key, len);
             self.nodes[glue as usize].child[key.bit(common)] = leaf;
             self.nodes[glue as usize].child[nkey.bit(common)] = cur;
-            self.link(parent, dir, glue);
+            self.link(tree, parent, dir, glue);
             return leaf;
         }
     }
 
     /// The slot of prefix `key/len` if the trie holds that exact prefix.
     pub fn get(&self, key: K, len: u8) -> Option<&Slot> {
-        let mut cur = self.root;
+        let mut cur = self.root(Self::tree(key, len));
         while cur != NIL {
             let n = &self.nodes[cur as usize];
             if n.len > len || key.common(n.key) < n.len {
@@ -130,7 +185,8 @@ impl<K: Bits> Trie<K> {
         // Links (parent, dir) to each node on the path, the found node last.
         let mut path: [(u32, usize); 130] = [(NIL, 0); 130];
         let mut depth = 0usize;
-        let (mut parent, mut dir, mut cur) = (NIL, 0usize, self.root);
+        let tree = Self::tree(key, len);
+        let (mut parent, mut dir, mut cur) = (NIL, 0usize, self.root(tree));
         while cur != NIL {
             let n = &self.nodes[cur as usize];
             if n.len > len || key.common(n.key) < n.len {
@@ -149,22 +205,19 @@ impl<K: Bits> Trie<K> {
             return None;
         }
         let r = f(&mut self.nodes[cur as usize].slot);
-        self.prune(cur, &path[..depth]);
+        self.short_dirty |= tree.is_none();
+        self.prune(tree, cur, &path[..depth]);
         Some(r)
     }
 
-    fn prune(&mut self, cur: u32, path: &[(u32, usize)]) {
+    fn prune(&mut self, tree: Option<usize>, cur: u32, path: &[(u32, usize)]) {
         let n = &self.nodes[cur as usize];
         if !n.slot.is_empty() || (n.child[0] != NIL && n.child[1] != NIL) {
             return;
         }
-        let only = if n.child[0] != NIL {
-            n.child[0]
-        } else {
-            n.child[1]
-        };
+        let only = if n.child[0] != NIL { n.child[0] } else { n.child[1] };
         let (parent, dir) = path[path.len() - 1];
-        self.link(parent, dir, only);
+        self.link(tree, parent, dir, only);
         self.release(cur);
         if only != NIL || parent == NIL {
             return;
@@ -174,7 +227,7 @@ impl<K: Bits> Trie<K> {
         if p.slot.is_empty() {
             let other = p.child[1 - dir];
             let (gp, gdir) = path[path.len() - 2];
-            self.link(gp, gdir, other);
+            self.link(tree, gp, gdir, other);
             self.release(parent);
         }
     }
@@ -189,7 +242,67 @@ impl<K: Bits> Trie<K> {
     /// Calls `f` on the slot of every stored prefix covering `addr`, shortest first.
     #[inline]
     pub fn covering(&self, addr: K, mut f: impl FnMut(Slot)) {
-        let mut cur = self.root;
+        debug_assert!(!self.short_dirty, "Trie::finish not called after a change");
+        let b = addr.top16();
+        if let (Some(blk), Some(next)) = (self.blocks.get(b), self.blocks.get(b + 1)) {
+            for s in &self.short_slots[blk.short as usize..next.short as usize] {
+                f(*s);
+            }
+            self.walk(blk.root, addr, &mut f);
+        }
+    }
+
+    /// Loads what a lookup of `addr` will read first (its block entry).
+    #[inline]
+    pub fn warm(&self, addr: K) {
+        if let Some(blk) = self.blocks.get(addr.top16()) {
+            std::hint::black_box(*blk);
+        }
+    }
+
+    /// Loads the root node of the block of `addr` (call after `warm` has brought the block in).
+    #[inline]
+    pub fn warm_root(&self, addr: K) {
+        if let Some(blk) = self.blocks.get(addr.top16()) {
+            if blk.root != NIL {
+                std::hint::black_box(self.nodes[blk.root as usize].key);
+            }
+        }
+    }
+
+    /// Rebuilds the per-block copies of covering short slots if the short trie changed.
+    /// Costs one short-trie walk per /16 block (65,536 walks), so only batches that touch a
+    /// prefix shorter than /16 pay it.
+    pub fn finish(&mut self) {
+        if !self.short_dirty {
+            return;
+        }
+        self.short_dirty = false;
+        self.short_slots.clear();
+        if self.short == NIL && self.blocks.is_empty() {
+            return;
+        }
+        self.ensure_blocks();
+        for b in 0..1usize << 16 {
+            self.blocks[b].short = self.short_slots.len() as u32;
+            let addr = K::block_start(b);
+            let mut cur = self.short;
+            while cur != NIL {
+                let n = &self.nodes[cur as usize];
+                if addr.common(n.key) < n.len {
+                    break;
+                }
+                if !n.slot.is_empty() {
+                    self.short_slots.push(n.slot);
+                }
+                cur = n.child[addr.bit(n.len)];
+            }
+        }
+        self.blocks[1 << 16].short = self.short_slots.len() as u32;
+    }
+
+    #[inline]
+    fn walk(&self, mut cur: u32, addr: K, f: &mut impl FnMut(Slot)) {
         while cur != NIL {
             let n = &self.nodes[cur as usize];
             if addr.common(n.key) < n.len {
@@ -207,9 +320,9 @@ impl<K: Bits> Trie<K> {
 
     /// Calls `f` on every stored prefix and its slot.
     pub fn for_each(&self, mut f: impl FnMut(K, u8, Slot)) {
-        let mut stack = Vec::new();
-        if self.root != NIL {
-            stack.push(self.root);
+        let mut stack: Vec<u32> = self.blocks.iter().map(|blk| blk.root).filter(|&r| r != NIL).collect();
+        if self.short != NIL {
+            stack.push(self.short);
         }
         while let Some(i) = stack.pop() {
             let n = &self.nodes[i as usize];
@@ -222,7 +335,7 @@ impl<K: Bits> Trie<K> {
 
     /// True when no prefix is stored.
     pub fn is_empty(&self) -> bool {
-        self.root == NIL
+        self.node_count() == 0
     }
 
     /// Nodes in use (stored prefixes plus glue nodes).
@@ -232,7 +345,10 @@ impl<K: Bits> Trie<K> {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Node<K>>() + self.free.capacity() * 4
+        self.nodes.capacity() * std::mem::size_of::<Node<K>>()
+            + self.free.capacity() * 4
+            + self.blocks.capacity() * std::mem::size_of::<Block>()
+            + self.short_slots.capacity() * std::mem::size_of::<Slot>()
     }
 }
 
@@ -245,7 +361,8 @@ mod tests {
         t.slot_mut(key, len).upsert(sets, Dec { exp: 10, tag: 1 });
     }
 
-    fn covering(t: &Trie<u32>, addr: u32) -> usize {
+    fn covering(t: &mut Trie<u32>, addr: u32) -> usize {
+        t.finish();
         let mut n = 0;
         t.covering(addr, |_| n += 1);
         n
@@ -259,17 +376,12 @@ mod tests {
         put(&mut t, &mut sets, 0x0a01_0000, 16);
         put(&mut t, &mut sets, 0x0b00_0000, 8);
         put(&mut t, &mut sets, 0x0a01_0200, 24);
-        assert_eq!(covering(&t, 0x0a01_0203), 3);
-        assert_eq!(covering(&t, 0x0a02_0000), 1);
-        assert_eq!(covering(&t, 0x0c00_0000), 0);
+        assert_eq!(covering(&mut t, 0x0a01_0203), 3);
+        assert_eq!(covering(&mut t, 0x0a02_0000), 1);
+        assert_eq!(covering(&mut t, 0x0c00_0000), 0);
         assert!(t.get(0x0a01_0000, 16).is_some());
         assert!(t.get(0x0a01_0000, 17).is_none());
-        for (k, l) in [
-            (0x0a01_0000, 16),
-            (0x0a00_0000, 8),
-            (0x0b00_0000, 8),
-            (0x0a01_0200, 24),
-        ] {
+        for (k, l) in [(0x0a01_0000, 16), (0x0a00_0000, 8), (0x0b00_0000, 8), (0x0a01_0200, 24)] {
             assert_eq!(t.update(k, l, |s| s.remove(&mut sets, |_| true)), Some(1));
         }
         assert!(t.is_empty(), "every node pruned");
@@ -281,8 +393,8 @@ mod tests {
         let mut t = Trie::<u128>::default();
         let mut sets = Sets::default();
         t.slot_mut(0, 0).upsert(&mut sets, Dec { exp: 10, tag: 1 });
-        t.slot_mut(u128::MAX, 128)
-            .upsert(&mut sets, Dec { exp: 10, tag: 1 });
+        t.slot_mut(u128::MAX, 128).upsert(&mut sets, Dec { exp: 10, tag: 1 });
+        t.finish();
         let mut n = 0;
         t.covering(u128::MAX, |_| n += 1);
         assert_eq!(n, 2);
