@@ -124,6 +124,10 @@ impl<K: Bits> Table<K> {
     /// The best rank among active decisions covering `addr`.
     #[inline]
     pub fn best(&self, addr: K, now: u64, ranks: &[u16]) -> u16 {
+        if self.ranges != 0 {
+            // Start the block load now so that it overlaps the hash probe's miss.
+            self.trie.warm(addr);
+        }
         let mut best = match self.hosts.get(addr) {
             Some(s) => s.best(&self.sets, now, ranks),
             None => NO_RANK,
