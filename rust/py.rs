@@ -8,6 +8,7 @@ use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
 use crate::shared::Shared;
 use crate::slot::NEVER;
 use crate::snapshot;
+use hashbrown::HashMap;
 use parking_lot::RwLock;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -92,9 +93,41 @@ pub struct PyDecisionIndex {
 struct AddItem {
     net: Net,
     normalized: bool,
-    remediation: String,
-    origin: String,
+    /// Index into the batch's [`Pairs`].
+    pair: u32,
     exp: u64,
+}
+
+/// The distinct (origin, remediation) pairs of a batch, so that items hold an index instead
+/// of two strings each (a million items would otherwise leave the heap fragmented).
+#[derive(Default)]
+struct Pairs {
+    list: Vec<(String, String)>,
+    map: HashMap<(String, String), u32>,
+    last: Option<u32>,
+}
+
+impl Pairs {
+    fn id(&mut self, origin: &str, remediation: &str) -> u32 {
+        if let Some(i) = self.last {
+            let (o, r) = &self.list[i as usize];
+            if o == origin && r == remediation {
+                return i;
+            }
+        }
+        let key = (origin.to_owned(), remediation.to_owned());
+        let i = match self.map.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.list.len() as u32;
+                self.list.push(key.clone());
+                self.map.insert(key, i);
+                i
+            }
+        };
+        self.last = Some(i);
+        i
+    }
 }
 
 struct RemoveItem {
@@ -149,6 +182,7 @@ impl PyDecisionIndex {
         &self,
         py: Python<'_>,
         adds: Vec<AddItem>,
+        pairs: Pairs,
         removes: Vec<RemoveItem>,
         now: u64,
         mut result: BatchResult,
@@ -162,24 +196,17 @@ impl PyDecisionIndex {
                         ops.push(Op::Remove(r.net, f));
                     }
                 }
-                let mut last: Option<(&str, &str, u16)> = None;
+                let tags = pairs.list.iter().map(|(o, r)| ix.tag(o, r)).collect::<Result<Vec<u16>, Error>>()?;
                 let mut v4_hosts = 0;
                 for a in &adds {
-                    let tag = match last {
-                        Some((o, m, t)) if o == a.origin && m == a.remediation => t,
-                        _ => {
-                            let t = ix.tag(&a.origin, &a.remediation)?;
-                            last = Some((&a.origin, &a.remediation, t));
-                            t
-                        }
-                    };
                     if a.exp <= now {
                         // Re-added already expired: its expiry is in the past, so it goes.
-                        let f = ix.filter(Some(&a.origin), Some(&a.remediation));
-                        if let Some(f) = f {
+                        let (o, r) = &pairs.list[a.pair as usize];
+                        if let Some(f) = ix.filter(Some(o), Some(r)) {
                             ops.push(Op::Remove(a.net, f));
                         }
                     } else {
+                        let tag = tags[a.pair as usize];
                         v4_hosts += usize::from(matches!(a.net, Net::V4(_, 32)));
                         ops.push(Op::Add(a.net, tag, a.exp));
                     }
@@ -203,6 +230,7 @@ impl PyDecisionIndex {
         out.map_err(|e| to_py(py, e))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn parse_add(
         &self,
         item: &Bound<'_, PyAny>,
@@ -210,33 +238,40 @@ impl PyDecisionIndex {
         ttl: Option<f64>,
         origin: &str,
         now: f64,
+        pairs: &mut Pairs,
     ) -> PyResult<Result<AddItem, Error>> {
-        let (value, rem, ttl, org) = if let Ok(s) = item.cast::<PyString>() {
-            (s.clone(), remediation.to_owned(), ttl, origin.to_owned())
-        } else if let Ok(t) = item.cast::<PyTuple>() {
-            if t.is_empty() || t.len() > 4 {
-                return Err(PyTypeError::new_err("an add item is (value, remediation, ttl, origin) or a prefix of it"));
-            }
-            let value = text(&t.get_item(0)?, "value")?;
-            let rem = match t.len() > 1 {
-                true => text(&t.get_item(1)?, "remediation")?.to_str()?.to_owned(),
-                false => remediation.to_owned(),
-            };
-            let ttl = if t.len() > 2 { opt_f64(Some(t.get_item(2)?))? } else { ttl };
-            let org = match t.len() > 3 {
-                true => text(&t.get_item(3)?, "origin")?.to_str()?.to_owned(),
-                false => origin.to_owned(),
-            };
-            (value, rem, ttl, org)
-        } else {
+        if let Ok(s) = item.cast::<PyString>() {
+            let exp = expiry(now, ttl)?;
+            return Ok(parse_net(s.to_str()?).map(|(net, normalized)| AddItem {
+                net,
+                normalized,
+                pair: pairs.id(origin, remediation),
+                exp,
+            }));
+        }
+        let Ok(t) = item.cast::<PyTuple>() else {
             return Err(PyTypeError::new_err("an add item must be a str or a tuple"));
         };
+        if t.is_empty() || t.len() > 4 {
+            return Err(PyTypeError::new_err("an add item is (value, remediation, ttl, origin) or a prefix of it"));
+        }
+        let value = text(&t.get_item(0)?, "value")?;
+        let rem = if t.len() > 1 { Some(text(&t.get_item(1)?, "remediation")?) } else { None };
+        let ttl = if t.len() > 2 { opt_f64(Some(t.get_item(2)?))? } else { ttl };
+        let org = if t.len() > 3 { Some(text(&t.get_item(3)?, "origin")?) } else { None };
         let exp = expiry(now, ttl)?;
+        let rem = match &rem {
+            Some(r) => r.to_str()?,
+            None => remediation,
+        };
+        let org = match &org {
+            Some(o) => o.to_str()?,
+            None => origin,
+        };
         Ok(parse_net(value.to_str()?).map(|(net, normalized)| AddItem {
             net,
             normalized,
-            remediation: rem,
-            origin: org,
+            pair: pairs.id(org, rem),
             exp,
         }))
     }
@@ -263,8 +298,9 @@ impl PyDecisionIndex {
     ) -> PyResult<bool> {
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
-        let item = self.parse_add(value, remediation, ttl, origin, now)?.map_err(|e| to_py(py, e))?;
-        let r = self.run_batch(py, vec![item], vec![], ms(now), BatchResult::default())?;
+        let mut pairs = Pairs::default();
+        let item = self.parse_add(value, remediation, ttl, origin, now, &mut pairs)?.map_err(|e| to_py(py, e))?;
+        let r = self.run_batch(py, vec![item], pairs, vec![], ms(now), BatchResult::default())?;
         Ok(r.added == 1)
     }
 
@@ -302,12 +338,13 @@ impl PyDecisionIndex {
         let ttl = opt_f64(ttl)?;
         let mut result = BatchResult::default();
         let mut adds = Vec::new();
+        let mut pairs = Pairs::default();
         if let Some(items) = add {
             if let Ok(n) = items.len() {
                 adds.reserve(n);
             }
             for item in items.try_iter()? {
-                match self.parse_add(&item?, remediation, ttl, origin, now)? {
+                match self.parse_add(&item?, remediation, ttl, origin, now, &mut pairs)? {
                     Ok(a) => adds.push(a),
                     Err(e) if strict => return Err(to_py(py, e)),
                     Err(_) => result.skipped += 1,
@@ -344,7 +381,7 @@ impl PyDecisionIndex {
                 }
             }
         }
-        self.run_batch(py, adds, removes, ms(now), result)
+        self.run_batch(py, adds, pairs, removes, ms(now), result)
     }
 
     /// Removes the decisions on exactly `value`, optionally only one origin or remediation.
@@ -357,7 +394,8 @@ impl PyDecisionIndex {
         remediation: Option<String>,
     ) -> PyResult<usize> {
         let (net, _) = parse_net(text(value, "value")?.to_str()?).map_err(|e| to_py(py, e))?;
-        let r = self.run_batch(py, vec![], vec![RemoveItem { net, origin, remediation }], 0, BatchResult::default())?;
+        let removes = vec![RemoveItem { net, origin, remediation }];
+        let r = self.run_batch(py, vec![], Pairs::default(), removes, 0, BatchResult::default())?;
         Ok(r.removed)
     }
 
