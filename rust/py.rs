@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple, PyType};
 use std::path::PathBuf;
 
 fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
@@ -136,8 +136,8 @@ struct RemoveItem {
     remediation: Option<String>,
 }
 
-fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
-    v.cast::<PyString>().cloned().map_err(|_| {
+fn text_of<'a, 'py>(v: &'a Bound<'py, PyAny>, what: &str) -> PyResult<&'a Bound<'py, PyString>> {
+    v.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a str, got {}",
             v.get_type().name().map_or("?".into(), |n| n.to_string())
@@ -145,14 +145,22 @@ fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>
     })
 }
 
-fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => {
-            Ok(Some(v.extract::<f64>().map_err(|_| PyTypeError::new_err("ttl must be a number of seconds or None"))?))
-        }
+fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
+    text_of(v, what).cloned()
+}
+
+fn ttl_of(v: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if v.is_none() {
+        return Ok(None);
     }
+    if let Ok(f) = v.cast::<PyFloat>() {
+        return Ok(Some(f.value()));
+    }
+    Ok(Some(v.extract::<f64>().map_err(|_| PyTypeError::new_err("ttl must be a number of seconds or None"))?))
+}
+
+fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    v.map_or(Ok(None), |v| ttl_of(&v))
 }
 
 impl PyDecisionIndex {

@@ -5,22 +5,25 @@ use crate::bits::Bits;
 use crate::hosts::Hosts;
 use crate::slot::{Dec, Sets, Slot, NEVER, NO_RANK};
 use crate::trie::Trie;
-use std::collections::BTreeMap;
+use hashbrown::HashMap;
+use std::collections::BTreeSet;
 
 /// Expiry buckets are 2^16 ms (about 65 s) wide.
 pub const SHIFT: u32 = 16;
 
 /// Hints of which keys hold decisions expiring in each time bucket. A hint may be stale (the
 /// decision was refreshed or removed since); purging re-checks the key, so stale hints cost a
-/// lookup and nothing else.
+/// lookup and nothing else. Buckets sit in a hash map (one probe per note, the hot path of bulk
+/// loads) with their keys also in an ordered set (touched only when a bucket appears or goes).
 #[derive(Debug, Clone)]
 struct Expiry<T> {
-    buckets: BTreeMap<u64, Vec<T>>,
+    buckets: HashMap<u64, Vec<T>>,
+    order: BTreeSet<u64>,
 }
 
 impl<T> Default for Expiry<T> {
     fn default() -> Self {
-        Expiry { buckets: BTreeMap::new() }
+        Expiry { buckets: HashMap::new(), order: BTreeSet::new() }
     }
 }
 
@@ -29,11 +32,33 @@ impl<T: Copy> Expiry<T> {
         if exp >= NEVER || old.is_some_and(|o| o >> SHIFT == exp >> SHIFT) {
             return;
         }
-        self.buckets.entry(exp >> SHIFT).or_default().push(key);
+        let b = exp >> SHIFT;
+        self.buckets
+            .entry(b)
+            .or_insert_with(|| {
+                self.order.insert(b);
+                Vec::new()
+            })
+            .push(key);
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, Vec<T>)> {
+        let b = self.order.pop_first()?;
+        Some((b, self.buckets.remove(&b).unwrap_or_default()))
+    }
+
+    fn insert(&mut self, b: u64, hints: Vec<T>) {
+        self.order.insert(b);
+        self.buckets.insert(b, hints);
+    }
+
+    fn remove(&mut self, b: u64) -> Option<Vec<T>> {
+        self.order.remove(&b);
+        self.buckets.remove(&b)
     }
 
     fn heap_bytes(&self) -> usize {
-        self.buckets.values().map(|v| v.capacity() * std::mem::size_of::<T>() + 48).sum()
+        self.buckets.values().map(|v| v.capacity() * std::mem::size_of::<T>() + 64).sum()
     }
 }
 
@@ -145,53 +170,53 @@ impl<K: Bits> Table<K> {
         let expired = |d: Dec| d.exp <= now;
         let current = now >> SHIFT;
         // Whole buckets: everything in them has expired.
-        while let Some((b, mut hints)) = self.host_exp.buckets.pop_first() {
+        while let Some((b, mut hints)) = self.host_exp.pop_first() {
             if b >= current {
-                self.host_exp.buckets.insert(b, hints);
+                self.host_exp.insert(b, hints);
                 break;
             }
             while let Some(k) = hints.pop() {
                 removed += self.remove(k, K::BITS, expired);
                 if removed >= budget {
                     if !hints.is_empty() {
-                        self.host_exp.buckets.insert(b, hints);
+                        self.host_exp.insert(b, hints);
                     }
                     return (removed, false);
                 }
             }
         }
-        while let Some((b, mut hints)) = self.range_exp.buckets.pop_first() {
+        while let Some((b, mut hints)) = self.range_exp.pop_first() {
             if b >= current {
-                self.range_exp.buckets.insert(b, hints);
+                self.range_exp.insert(b, hints);
                 break;
             }
             while let Some((k, l)) = hints.pop() {
                 removed += self.remove(k, l, expired);
                 if removed >= budget {
                     if !hints.is_empty() {
-                        self.range_exp.buckets.insert(b, hints);
+                        self.range_exp.insert(b, hints);
                     }
                     return (removed, false);
                 }
             }
         }
         // The bucket `now` falls in: keep the hints of keys that still expire within it.
-        if let Some(mut hints) = self.host_exp.buckets.remove(&current) {
+        if let Some(mut hints) = self.host_exp.remove(current) {
             hints.retain(|&k| {
                 removed += self.remove(k, K::BITS, expired);
                 self.hosts.get(k).is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
             });
             if !hints.is_empty() {
-                self.host_exp.buckets.insert(current, hints);
+                self.host_exp.insert(current, hints);
             }
         }
-        if let Some(mut hints) = self.range_exp.buckets.remove(&current) {
+        if let Some(mut hints) = self.range_exp.remove(current) {
             hints.retain(|&(k, l)| {
                 removed += self.remove(k, l, expired);
                 self.trie.get(k, l).is_some_and(|s| s.expires_in(&self.sets, current, SHIFT))
             });
             if !hints.is_empty() {
-                self.range_exp.buckets.insert(current, hints);
+                self.range_exp.insert(current, hints);
             }
         }
         (removed, true)
