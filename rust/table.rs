@@ -157,7 +157,8 @@ impl<K: Bits> Table<K> {
             Some(s) => s.best(&self.sets, now, ranks),
             None => NO_RANK,
         };
-        if self.ranges != 0 {
+        // Rank 0 is the most severe remediation: no covering range can outrank it.
+        if best != 0 && self.ranges != 0 {
             self.trie.covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
         }
         best
