@@ -26,10 +26,13 @@ EXTRA: dict[str, dict[str, float]] = defaultdict(dict)
 
 
 def record(benchmark: Any, group: str, impl: str, per: int) -> None:
-    """Stores mean seconds per item of a finished benchmark (nothing when benchmarks are off)."""
+    """Stores median seconds per item of a finished benchmark (nothing when benchmarks are off).
+
+    The median, not the mean: shared machines have noisy neighbours.
+    """
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None:
-        RESULTS[group][impl] = stats.stats.mean / per
+        RESULTS[group][impl] = stats.stats.median / per
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +72,30 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         w.write_line(f"[{group}]")
         for k, v in vals.items():
             w.write_line(f"  {k:<22}{v:10.2f}")
+    goals(w)
+
+
+def goals(w: Any) -> None:
+    """Prints each goal of the decision-index issue with the measured figure."""
+    build, single, batch = RESULTS.get("build", {}), RESULTS.get("single", {}), RESULTS.get("batch", {})
+    mem = EXTRA.get("bytes per IPv4 address entry (RSS)", {})
+    rows = []
+    if "native" in single and "set" in single:
+        r = single["native"] / single["set"]
+        rows.append((f"single lookup(str) / set membership = {r:.2f}x", r <= 1.5, "<= 1.5x"))
+    if "native packed" in batch:
+        m = 1 / batch["native packed"] / 1e6
+        rows.append((f"batch packed lookups = {m:.1f} M/s", m >= 20, ">= 20 M/s"))
+    if "native rss" in mem:
+        rows.append((f"bytes per IPv4 address = {mem['native rss']:.1f}", mem["native rss"] <= 32, "<= 32"))
+    if "native" in build:
+        sec = build["native"] * 1e6
+        rows.append((f"add_many = {sec:.2f} s per million decisions (N={N})", sec < 0.5, "< 0.5 s"))
+    for peer in ("pytricia", "py-radix"):
+        wins = [g for g, d in (("build", build), ("single", single)) if peer in d and d["native"] < d[peer]] + (
+            ["memory"] if f"{peer} rss" in mem and mem["native rss"] < mem[f"{peer} rss"] else []
+        )
+        rows.append((f"ahead of {peer} on {', '.join(wins) or 'nothing'}", len(wins) == 3, "build, single, memory"))
+    w.write_line("[goals]")
+    for text, ok, goal in rows:
+        w.write_line(f"  {'met ' if ok else 'MISS'} {text}  (goal {goal})")
