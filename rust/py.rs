@@ -1,6 +1,5 @@
 //! The Python bindings: `capi_fast._native.DecisionIndex` and `BatchResult`.
 
-use crate::bits::Bits;
 use crate::error::Error;
 use crate::export;
 use crate::index::{Index, Op};
@@ -410,11 +409,7 @@ impl PyDecisionIndex {
     /// The remediation for `ip` at `now`, or None.
     #[pyo3(signature = (ip, now = None))]
     fn lookup(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Option<Py<PyString>>> {
-        let s = match ip.cast::<PyString>() {
-            Ok(s) => s,
-            Err(_) => return Err(text(ip, "ip").err().unwrap_or_else(|| PyTypeError::new_err("ip must be a str"))),
-        };
-        let addr = parse_addr(s.to_str()?).map_err(|e| to_py(py, e))?;
+        let addr = parse_addr(text_of(ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?;
         Ok(self.lookup_addr(py, addr, ms(clock(now)?)))
     }
 
@@ -621,6 +616,3 @@ pub mod _native {
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _assert_bits<K: Bits>() {}
