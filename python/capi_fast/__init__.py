@@ -8,14 +8,41 @@ from __future__ import annotations
 
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
-from capi_fast.errors import CapiFastError, InvalidDecision, InvalidIP, SnapshotError
+from capi_fast.errors import (
+    AuthenticationError,
+    CapiError,
+    CapiFastError,
+    ConfigurationError,
+    InvalidDecision,
+    InvalidIP,
+    InvalidSignal,
+    RateLimitError,
+    ServerError,
+    SnapshotError,
+    StorageError,
+)
+from capi_fast.signals import Signal
+from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
 __all__ = [
+    "AuthenticationError",
     "BatchResult",
+    "CapiError",
     "CapiFastError",
+    "ConfigurationError",
+    "Credentials",
     "DecisionIndex",
+    "FileStorage",
     "InvalidDecision",
     "InvalidIP",
+    "InvalidSignal",
+    "MemoryStorage",
+    "RateLimitError",
+    "ServerError",
+    "Signal",
     "SnapshotError",
+    "Storage",
+    "StorageError",
+    "Token",
     "__version__",
 ]
