@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
+from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient
 from capi_fast.errors import (
     AuthenticationError,
     CapiError,
@@ -25,8 +26,13 @@ from capi_fast.signals import Signal
 from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
 __all__ = [
+    "DEV_URL",
+    "PROD_URL",
+    "AsyncCapiClient",
     "AuthenticationError",
     "BatchResult",
+    "Blocklist",
+    "CapiClient",
     "CapiError",
     "CapiFastError",
     "ConfigurationError",
