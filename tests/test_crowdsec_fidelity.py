@@ -167,7 +167,8 @@ def test_real_crowdsec_logs_in_pulls_and_pushes(crowdsec):
     def attack_and_check() -> list[dict[str, Any]]:
         stamp = time.strftime("%b %d %H:%M:%S")
         lines = [
-            f"{stamp} web-01 sshd[{4000 + i}]: Failed password for invalid user admin{i} from 192.0.2.77 port {50000 + i} ssh2\n"
+            f"{stamp} web-01 sshd[{4000 + i}]: Failed password for invalid user admin{i} "
+            f"from 192.0.2.77 port {50000 + i} ssh2\n"
             for i in range(8)
         ]
         with open(auth, "a") as f:
