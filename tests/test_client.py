@@ -22,19 +22,7 @@ from capi_fast import (
 )
 from capi_fast.client import AsyncCapiClient, CapiClient
 from capi_fast.testing import CapiSimulator
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from support import Clock
 
 
 @pytest.fixture

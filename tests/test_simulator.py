@@ -17,14 +17,7 @@ import pytest
 from capi_fast.signals import Signal
 from capi_fast.storage import generate_credentials
 from capi_fast.testing import CapiSimulator
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support import Clock
 
 
 def call(sim: CapiSimulator, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 5):
@@ -55,11 +48,6 @@ def login(sim: CapiSimulator, v: str = "v3", scenarios: list[str] | None = None)
     doc = json.loads(body)
     assert doc["code"] == 200 and doc["expire"].endswith("Z")
     return c.machine_id, doc["token"]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

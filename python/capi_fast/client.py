@@ -222,6 +222,22 @@ class _BaseClient:
         base: float = min(self.max_backoff, self.backoff * (2.0**attempt))
         return base * (0.5 + 0.5 * self._rng.random())
 
+    def _failed(self, what: str, e: Exception, attempt: int) -> float:
+        """Classifies a failed attempt: raises the typed error if it was the last, else the delay."""
+        if isinstance(e, _Retry):
+            failure: CapiError = e.error
+            delay = self._delay(attempt, e.retry_after)
+        elif isinstance(e, httpx.TimeoutException):
+            failure = ServerError(f"{what}: CAPI did not answer within {self.timeout} s")
+            delay = self._delay(attempt, None)
+        else:
+            failure = ServerError(f"{what}: cannot reach CAPI ({type(e).__name__})")
+            delay = self._delay(attempt, None)
+        if attempt == self.retries:
+            raise failure from None
+        log.info("%s failed (%s); retry %d/%d in %.2f s", what, failure, attempt + 1, self.retries, delay)
+        return delay
+
     def _check(self, r: httpx.Response, what: str) -> Any:
         """The parsed JSON of a successful answer; raises or asks for a retry otherwise."""
         if r.status_code == 429:
@@ -346,18 +362,8 @@ class CapiClient(_BaseClient):
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except _Retry as r:
-                failure: CapiError = r.error
-                delay = self._delay(attempt, r.retry_after)
-            except httpx.TimeoutException:
-                failure = ServerError(f"{what}: CAPI did not answer within {self.timeout} s")
-                delay = self._delay(attempt, None)
-            except httpx.TransportError as e:
-                failure = ServerError(f"{what}: cannot reach CAPI ({type(e).__name__})")
-                delay = self._delay(attempt, None)
-            if attempt == self.retries:
-                raise failure
-            log.info("%s failed (%s); retry %d/%d in %.2f s", what, failure, attempt + 1, self.retries, delay)
+            except (_Retry, httpx.TransportError) as e:
+                delay = self._failed(what, e, attempt)
             self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -489,18 +495,8 @@ class AsyncCapiClient(_BaseClient):
         for attempt in range(self.retries + 1):
             try:
                 return await fn()
-            except _Retry as r:
-                failure: CapiError = r.error
-                delay = self._delay(attempt, r.retry_after)
-            except httpx.TimeoutException:
-                failure = ServerError(f"{what}: CAPI did not answer within {self.timeout} s")
-                delay = self._delay(attempt, None)
-            except httpx.TransportError as e:
-                failure = ServerError(f"{what}: cannot reach CAPI ({type(e).__name__})")
-                delay = self._delay(attempt, None)
-            if attempt == self.retries:
-                raise failure
-            log.info("%s failed (%s); retry %d/%d in %.2f s", what, failure, attempt + 1, self.retries, delay)
+            except (_Retry, httpx.TransportError) as e:
+                delay = self._failed(what, e, attempt)
             await self._sleep(delay)
         raise AssertionError("unreachable")
 
