@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -45,6 +46,9 @@ from capi_fast.errors import (
 )
 from capi_fast.signals import SCENARIO_RE, Signal
 from capi_fast.storage import Credentials, MemoryStorage, Storage, Token, generate_credentials
+
+if TYPE_CHECKING:
+    from capi_fast.batcher import AsyncSignalBatcher, SignalBatcher
 
 __all__ = ["DEV_URL", "PROD_URL", "AsyncCapiClient", "Blocklist", "CapiClient", "MAX_SIGNALS_PER_CALL"]
 
@@ -307,6 +311,11 @@ def _retry_after(value: str | None, now: float) -> float | None:
             return None
 
 
+def _spool_path(storage: Storage) -> Path | None:
+    directory = getattr(storage, "directory", None)
+    return Path(directory) / "signals.sqlite3" if directory is not None else None
+
+
 def _if_modified_since(value: str | float | None) -> dict[str, str]:
     if value is None:
         return {}
@@ -429,6 +438,23 @@ class CapiClient(_BaseClient):
         for batch in batches:
             self._call("POST", "signals", "push signals", content=batch)
         return sum(len(orjson.loads(b)) for b in batches) if batches else 0
+
+    def push_signal_payloads(self, payloads: list[dict[str, Any]]) -> None:
+        """Sends already-built signal payloads (from the batcher's spool), 250 per call at most."""
+        mid = self.machine_id
+        for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL):
+            batch = [{**p, "machine_id": mid} for p in payloads[i : i + MAX_SIGNALS_PER_CALL]]
+            self._call("POST", "signals", "push signals", content=orjson.dumps(batch))
+
+    def signal_batcher(self, **options: Any) -> SignalBatcher:
+        """A durable ``SignalBatcher`` whose spool lives beside a ``FileStorage``'s files.
+
+        Options are ``SignalBatcher``'s (``path=None`` and a ``MemoryStorage`` mean in memory).
+        """
+        from capi_fast.batcher import SignalBatcher
+
+        options.setdefault("path", _spool_path(self.storage))
+        return SignalBatcher(self, **options)
 
     def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
@@ -559,6 +585,20 @@ class AsyncCapiClient(_BaseClient):
         for batch in batches:
             await self._call("POST", "signals", "push signals", content=batch)
         return sum(len(orjson.loads(b)) for b in batches) if batches else 0
+
+    async def push_signal_payloads(self, payloads: list[dict[str, Any]]) -> None:
+        """Sends already-built signal payloads, 250 per call at most."""
+        mid = self.machine_id
+        for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL):
+            batch = [{**p, "machine_id": mid} for p in payloads[i : i + MAX_SIGNALS_PER_CALL]]
+            await self._call("POST", "signals", "push signals", content=orjson.dumps(batch))
+
+    def signal_batcher(self, **options: Any) -> AsyncSignalBatcher:
+        """A durable ``AsyncSignalBatcher``; call its ``start()`` inside the running loop."""
+        from capi_fast.batcher import AsyncSignalBatcher
+
+        options.setdefault("path", _spool_path(self.storage))
+        return AsyncSignalBatcher(self, **options)
 
     async def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""

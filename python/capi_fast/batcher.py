@@ -1,0 +1,328 @@
+"""The signal batcher: ``add`` is O(1) and never waits for the network; a sender delivers.
+
+The vendor's rule (../shared/reference/sdk-guide.txt): buffer signals and send the buffer every
+10 s to 10 min depending on how big it gets, never more than 250 in one call. Here the wait
+before the next send shrinks linearly with the queue, from ``max_interval`` (600 s) for one
+signal to ``min_interval`` (10 s) for a full call of 250; successive sends are never closer than
+``min_interval``. A failed send keeps the signals (in order) and backs off, doubling up to
+``max_interval``. Delivery is at-least-once; the signal uuid is the de-duplication key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from capi_fast.client import MAX_SIGNALS_PER_CALL
+from capi_fast.errors import CapiError, InvalidSignal
+from capi_fast.signals import Signal
+from capi_fast.spool import Spool
+
+if TYPE_CHECKING:
+    from capi_fast.client import AsyncCapiClient, CapiClient
+
+__all__ = ["AsyncSignalBatcher", "BatcherStats", "SignalBatcher"]
+
+log = logging.getLogger("capi_fast.batcher")
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """What the batcher did, for metrics."""
+
+    queued: int
+    sent: int
+    failed_attempts: int
+    dropped: int
+    last_success: float | None
+    last_error: str | None
+    next_send_in: float
+
+
+class _Schedule:
+    """When to send next: the adaptive interval and the failure backoff, on an injectable clock."""
+
+    def __init__(self, min_interval: float, max_interval: float, clock: Callable[[], float]) -> None:
+        if not 0 < min_interval <= max_interval:
+            raise ValueError("need 0 < min_interval <= max_interval")
+        self.min_interval, self.max_interval, self.clock = min_interval, max_interval, clock
+        self.last_send = clock()
+        self.backoff = 0.0
+
+    def wait(self, queued: int) -> float:
+        """Seconds until the next send is due (0 when due now)."""
+        if queued == 0:
+            return self.max_interval
+        fill = min(queued, MAX_SIGNALS_PER_CALL) / MAX_SIGNALS_PER_CALL
+        interval = self.max_interval - (self.max_interval - self.min_interval) * fill
+        interval = max(interval, self.backoff, self.min_interval)
+        return max(0.0, self.last_send + interval - self.clock())
+
+    def sent(self, ok: bool) -> None:
+        self.last_send = self.clock()
+        self.backoff = 0.0 if ok else min(self.max_interval, max(self.min_interval, self.backoff * 2))
+
+
+class _Base:
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        max_signals: int,
+        min_interval: float,
+        max_interval: float,
+        durability: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.spool = Spool(path, max_signals=max_signals, durability=durability)
+        self.schedule = _Schedule(min_interval, max_interval, clock)
+        self.sent = 0
+        self.failed_attempts = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+
+    def add(self, signal: Signal) -> None:
+        """Queues a signal durably; returns without touching the network."""
+        if not isinstance(signal, Signal):
+            raise InvalidSignal(f"expected a Signal, got {type(signal).__name__}")
+        self.spool.add(signal.uuid, signal.is_whisper, signal.to_payload(""))
+        self._wake()
+
+    def _wake(self) -> None:
+        pass
+
+    def _result(self, n: int, error: Exception | None) -> None:
+        if error is None:
+            self.sent += n
+            self.last_success = self.schedule.clock()
+            self.last_error = None
+        else:
+            self.failed_attempts += 1
+            self.last_error = str(error)
+            log.warning("sending %d signals failed (%s); they stay queued", n, error)
+        self.schedule.sent(error is None)
+
+    def stats(self) -> BatcherStats:
+        """Queued, sent, failed attempts, dropped, last success, last error, next send."""
+        return BatcherStats(
+            queued=len(self.spool),
+            sent=self.sent,
+            failed_attempts=self.failed_attempts,
+            dropped=self.spool.dropped,
+            last_success=self.last_success,
+            last_error=self.last_error,
+            next_send_in=self.schedule.wait(len(self.spool)),
+        )
+
+
+class SignalBatcher(_Base):
+    """Durable signal buffer with a background sender thread. Get one from ``client.signal_batcher()``.
+
+    Args:
+        client: the ``CapiClient`` that sends.
+        path: the spool file (None: in memory, not durable).
+        max_signals: spool bound (oldest whispers, then decisions, dropped past it).
+        min_interval: shortest gap between sends (10 s).
+        max_interval: longest wait for a small buffer (600 s).
+        durability: ``normal`` or ``full`` (see ``capi_fast.spool``).
+        clock: time source (tests pass a controllable one).
+        start: start the sender thread (tests drive ``send_due``/``flush`` themselves).
+    """
+
+    def __init__(
+        self,
+        client: CapiClient,
+        path: str | Path | None = None,
+        *,
+        max_signals: int = 100_000,
+        min_interval: float = 10.0,
+        max_interval: float = 600.0,
+        durability: str = "normal",
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+    ) -> None:
+        super().__init__(
+            path,
+            max_signals=max_signals,
+            min_interval=min_interval,
+            max_interval=max_interval,
+            durability=durability,
+            clock=clock,
+        )
+        self.client = client
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="capi-signal-sender", daemon=True)
+            self._thread.start()
+
+    def _wake(self) -> None:
+        if len(self.spool) >= MAX_SIGNALS_PER_CALL:
+            with self._cond:
+                self._cond.notify()
+
+    def _send_batch(self) -> bool:
+        """Sends the oldest batch; True on success (or nothing to send)."""
+        with self._send_lock:
+            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            if not batch:
+                return True
+            try:
+                self.client.push_signal_payloads([p for _, p in batch])
+            except CapiError as e:
+                self._result(len(batch), e)
+                return False
+            self.spool.ack([seq for seq, _ in batch])
+            self._result(len(batch), None)
+            return True
+
+    def send_due(self) -> bool:
+        """Sends one batch if the schedule says it is due; True if it sent one."""
+        if not len(self.spool) or self.schedule.wait(len(self.spool)) > 0:
+            return False
+        self._send_batch()
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Sends everything queued now, ignoring the schedule; False if a send failed or time ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.spool):
+            if not self._send_batch():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                self._cond.wait(timeout=min(self.schedule.wait(len(self.spool)), 60.0))
+                if self._closing:
+                    return
+            try:
+                self.send_due()
+            except Exception:  # the sender must survive anything; the error is in stats()
+                log.exception("signal sender step failed")
+
+    def close(self, flush: bool = True, timeout: float = 30.0) -> None:
+        """Stops the sender; with ``flush`` first tries to deliver what is queued."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if flush:
+            self.flush(timeout)
+        self.spool.close()
+
+    def __enter__(self) -> SignalBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSignalBatcher(_Base):
+    """The asyncio twin: ``add`` is synchronous and O(1); ``start()`` runs the sender task."""
+
+    def __init__(
+        self,
+        client: AsyncCapiClient,
+        path: str | Path | None = None,
+        *,
+        max_signals: int = 100_000,
+        min_interval: float = 10.0,
+        max_interval: float = 600.0,
+        durability: str = "normal",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            path,
+            max_signals=max_signals,
+            min_interval=min_interval,
+            max_interval=max_interval,
+            durability=durability,
+            clock=clock,
+        )
+        self.client = client
+        self._task: asyncio.Task[None] | None = None
+        self._event: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._closing = False
+
+    def _wake(self) -> None:
+        if self._event is not None and len(self.spool) >= MAX_SIGNALS_PER_CALL:
+            self._event.set()
+
+    async def _send_batch(self) -> bool:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            if not batch:
+                return True
+            try:
+                await self.client.push_signal_payloads([p for _, p in batch])
+            except CapiError as e:
+                self._result(len(batch), e)
+                return False
+            self.spool.ack([seq for seq, _ in batch])
+            self._result(len(batch), None)
+            return True
+
+    async def send_due(self) -> bool:
+        """Sends one batch if due; True if it sent one."""
+        if not len(self.spool) or self.schedule.wait(len(self.spool)) > 0:
+            return False
+        await self._send_batch()
+        return True
+
+    async def flush(self) -> bool:
+        """Sends everything queued now; False if a send failed."""
+        while len(self.spool):
+            if not await self._send_batch():
+                return False
+        return True
+
+    def start(self) -> None:
+        """Starts the sender task on the running loop."""
+        self._event = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._event is not None
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout=min(self.schedule.wait(len(self.spool)), 60.0))
+            except TimeoutError:
+                pass
+            self._event.clear()
+            if self._closing:
+                return
+            try:
+                await self.send_due()
+            except Exception:
+                log.exception("signal sender step failed")
+
+    async def aclose(self, flush: bool = True) -> None:
+        """Stops the sender task, then with ``flush`` delivers what is queued.
+
+        A send in flight is let finish rather than cancelled, so nothing is sent twice.
+        """
+        self._closing = True
+        if self._task is not None and self._event is not None:
+            self._event.set()
+            await self._task
+        if flush:
+            await self.flush()
+        self.spool.close()

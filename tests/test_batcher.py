@@ -1,0 +1,236 @@
+"""The durable signal batcher against the simulator: nothing lost, nothing spammed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from capi_fast import CapiClient, FileStorage, MemoryStorage, Signal
+from capi_fast.batcher import SignalBatcher
+from capi_fast.client import AsyncCapiClient
+from capi_fast.spool import Spool
+from capi_fast.testing import CapiSimulator
+from support import Clock
+
+
+@pytest.fixture
+def sim():
+    with CapiSimulator() as s:
+        yield s
+
+
+def client_for(sim: CapiSimulator, storage=None, **kw) -> CapiClient:
+    return CapiClient(
+        user_agent="test/1",
+        scenarios=["mywaf/login-bruteforce"],
+        base_url=sim.url,
+        storage=storage or MemoryStorage(),
+        sleep=lambda _: None,
+        **kw,
+    )
+
+
+def sig(i: int, whisper: bool = False) -> Signal:
+    ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+    if whisper:
+        return Signal.whisper(ip, "mywaf/404-scan")
+    return Signal.decision(ip, "mywaf/login-bruteforce", duration=60)
+
+
+def signal_calls(sim: CapiSimulator) -> list[int]:
+    return [r.status for r in sim.requests if r.path.endswith("/signals")]
+
+
+def test_10000_signals_at_most_250_per_call_all_delivered(sim):
+    clock = Clock()
+    with client_for(sim) as c:
+        b = SignalBatcher(c, clock=clock, start=False)
+        sent = [sig(i) for i in range(10_000)]
+        for s in sent:
+            b.add(s)
+        assert b.stats().queued == 10_000
+        rounds = 0
+        while b.stats().queued:
+            clock.now += 10
+            assert b.send_due()
+            rounds += 1
+        assert rounds == 40
+        assert not b.send_due(), "nothing left"
+    assert signal_calls(sim) == [200] * 40, "each call within the simulator's 250 limit"
+    assert [s["uuid"] for s in sim.signals] == [s.uuid for s in sent], "all delivered, in order"
+
+
+def test_schedule_adapts_between_10s_and_10min(sim):
+    clock = Clock()
+    with client_for(sim) as c:
+        b = SignalBatcher(c, clock=clock, start=False)
+        b.add(sig(1))
+        assert 590 < b.stats().next_send_in <= 600, "one signal waits about ten minutes"
+        clock.now += 300
+        assert not b.send_due()
+        for i in range(2, 126):
+            b.add(sig(i))
+        assert b.stats().next_send_in == pytest.approx(5), "half a call waits 305 s in all"
+        clock.now += 5
+        assert b.send_due()
+        for i in range(1000, 1250):
+            b.add(sig(i))
+        assert b.stats().next_send_in == pytest.approx(10), "a full call still waits the 10 s minimum"
+        clock.now += 10
+        assert b.send_due()
+    assert len(sim.signals) == 375
+
+
+def test_outage_then_recovery_loses_nothing_and_keeps_order(sim):
+    clock = Clock()
+    with client_for(sim, retries=0) as c:
+        b = SignalBatcher(c, clock=clock, start=False)
+        sent = [sig(i) for i in range(600)]
+        for s in sent:
+            b.add(s)
+        c.login()
+        sim.fail_next(4, status=503, path="/signals")
+        waits = []
+        for _ in range(4):
+            clock.now += b.stats().next_send_in
+            b.send_due()
+            waits.append(b.stats().next_send_in)
+        st = b.stats()
+        assert st.failed_attempts == 4 and st.queued == 600 and st.sent == 0 and st.last_error
+        assert waits == sorted(waits) and waits[-1] > waits[0], "backs off while CAPI is down"
+        while b.stats().queued:
+            clock.now += b.stats().next_send_in
+            b.send_due()
+        assert b.stats().sent == 600 and b.stats().last_success is not None
+    assert [s["uuid"] for s in sim.signals] == [s.uuid for s in sent], "delivered once recovered, no duplicates"
+
+
+def test_spool_survives_a_restart(tmp_path, sim):
+    with client_for(sim, storage=FileStorage(tmp_path)) as c:
+        b = c.signal_batcher(start=False)
+        for i in range(30):
+            b.add(sig(i))
+        b.spool.close()  # the process "dies" without sending
+        b2 = c.signal_batcher(start=False)
+        assert b2.stats().queued == 30
+        assert b2.flush()
+    assert len(sim.signals) == 30
+    assert (tmp_path / "signals.sqlite3").exists()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from capi_fast import CapiClient, FileStorage, Signal
+    directory, url = sys.argv[1], sys.argv[2]
+    c = CapiClient(user_agent="child/1", scenarios=[], base_url=url, storage=FileStorage(directory), timeout=30)
+    b = c.signal_batcher(start=False)
+    for i in range(1000):
+        b.add(Signal.decision(f"10.9.{i // 256}.{i % 256}", "mywaf/login-bruteforce", duration=60))
+    print("queued", flush=True)
+    b.flush()   # stalls: the simulator does not answer
+    """
+)
+
+
+def test_sigkill_mid_send_then_a_new_process_delivers_the_rest(tmp_path, sim):
+    sim.fail_next(kind="timeout", delay=30, path="/signals")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), sim.url], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "queued"
+    deadline = time.monotonic() + 30
+    while not any(r.path.endswith("/signals") for r in sim.requests) and time.monotonic() < deadline:
+        time.sleep(0.02)  # waiting for the child's send to start, bounded
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    with client_for(sim, storage=FileStorage(tmp_path)) as c:
+        b = c.signal_batcher(start=False)
+        assert b.stats().queued == 1000, "nothing was lost by the kill"
+        assert b.flush()
+    assert len({s["uuid"] for s in sim.signals}) == 1000
+
+
+def test_eight_concurrent_producers(sim, tmp_path):
+    with client_for(sim, storage=FileStorage(tmp_path)) as c:
+        b = c.signal_batcher(start=False)
+
+        def produce(t: int) -> None:
+            for i in range(500):
+                b.add(sig(t * 1000 + i))
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert b.stats().queued == 4000
+        assert b.flush()
+    assert len({s["uuid"] for s in sim.signals}) == 4000
+
+
+def test_background_thread_sends_without_being_asked(sim):
+    with client_for(sim) as c:
+        with SignalBatcher(c, min_interval=0.05, max_interval=0.2) as b:
+            for i in range(300):
+                b.add(sig(i))
+            deadline = time.monotonic() + 20
+            while len(sim.signals) < 300 and time.monotonic() < deadline:
+                time.sleep(0.02)  # observing another thread's progress, bounded
+            assert len(sim.signals) == 300
+            assert b.stats().queued == 0
+
+
+def test_close_drains(sim):
+    with client_for(sim) as c:
+        b = SignalBatcher(c)  # default 10 s / 10 min schedule: only close() can send now
+        for i in range(7):
+            b.add(sig(i))
+        b.close()
+    assert len(sim.signals) == 7
+
+
+def test_bounded_spool_drops_whispers_first_counts_and_logs_once(caplog):
+    caplog.set_level(logging.WARNING, logger="capi_fast.spool")
+    s = Spool(None, max_signals=4)
+    for i, w in enumerate([True, False, True, False]):
+        s.add(f"u{i}", w, {"n": i})
+    s.add("u4", False, {"n": 4})  # drops u0 (oldest whisper)
+    s.add("u5", False, {"n": 5})  # drops u2 (the other whisper)
+    s.add("u6", False, {"n": 6})  # no whisper left: drops u1 (oldest decision)
+    assert [p["n"] for _, p in s.oldest(10)] == [3, 4, 5, 6]
+    assert s.dropped == 3
+    assert len([r for r in caplog.records if "spool full" in r.message]) == 1
+    assert s.add("u6", False, {"n": 6}) is False, "the uuid is the dedupe key"
+
+
+def test_async_batcher(sim):
+    async def main() -> None:
+        async with AsyncCapiClient(
+            user_agent="t/1", scenarios=["mywaf/login-bruteforce"], base_url=sim.url, storage=MemoryStorage()
+        ) as c:
+            b = c.signal_batcher(min_interval=0.05, max_interval=0.2)
+            b.start()
+            for i in range(260):
+                b.add(sig(i))
+            deadline = time.monotonic() + 20
+            while len(sim.signals) < 250 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await b.aclose()
+
+    asyncio.run(main())
+    assert len(sim.signals) == 260
+
+
+def test_add_rejects_non_signals(sim):
+    with client_for(sim) as c:
+        b = SignalBatcher(c, start=False)
+        with pytest.raises(ValueError):
+            b.add({"scenario": "a/b"})  # type: ignore[arg-type]
