@@ -313,7 +313,7 @@ def _retry_after(value: str | None, now: float) -> float | None:
 
 def _spool_path(storage: Storage) -> Path | None:
     directory = getattr(storage, "directory", None)
-    return Path(directory) / "signals.sqlite3" if directory is not None else None
+    return Path(directory) / "signals.spool" if directory is not None else None
 
 
 def _if_modified_since(value: str | float | None) -> dict[str, str]:
