@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "hypothesis>=6.100" "pytest-benchmark>=4" \
-		"ruff>=0.6" "mypy>=1.10" typing_extensions pytricia py-radix "httpx>=0.27" "orjson>=3.9"
+		"ruff>=0.6" "mypy>=1.10" typing_extensions pytricia py-radix "httpx>=0.27" "orjson>=3.9" cscapi
 	touch $(STAMP)
 
 # Built .so files are git-ignored; remove the old one so a failed build cannot leave it in use.

@@ -59,14 +59,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "build": ("s per 1M decisions", 1e6),
         "single": ("ns per lookup(str)", 1e9),
         "batch": ("M lookups/s", None),
+        "signals": ("signals/s", 0.0),
     }
     for group, impls in RESULTS.items():
         label, scale = units.get(group.split(":")[0], ("s", 1.0))
         base = impls.get("reference")
         w.write_line(f"[{group}] {label}")
+        if group == "signals":
+            base = impls.get("cscapi")
         for impl, sec in sorted(impls.items(), key=lambda kv: kv[1]):
-            shown = f"{1 / sec / 1e6:10.2f}" if scale is None else f"{sec * scale:10.2f}"
-            ratio = f"  {base / sec:7.1f}x faster than reference" if base else ""
+            if scale == 0.0:
+                shown = f"{1 / sec:10.0f}"
+            else:
+                shown = f"{1 / sec / 1e6:10.2f}" if scale is None else f"{sec * scale:10.2f}"
+            peer = "cscapi" if group == "signals" else "reference"
+            ratio = f"  {base / sec:7.1f}x faster than {peer}" if base else ""
             w.write_line(f"  {impl:<22}{shown}{ratio}")
     for group, vals in EXTRA.items():
         w.write_line(f"[{group}]")
@@ -91,11 +98,18 @@ def goals(w: Any) -> None:
     if "native" in build:
         sec = build["native"] * 1e6
         rows.append((f"add_many = {sec:.2f} s per million decisions (N={N})", sec < 0.5, "< 0.5 s"))
-    for peer in ("pytricia", "py-radix"):
+    for peer in ("pytricia", "py-radix") if build or single else ():
         wins = [g for g, d in (("build", build), ("single", single)) if peer in d and d["native"] < d[peer]] + (
             ["memory"] if f"{peer} rss" in mem and mem["native rss"] < mem[f"{peer} rss"] else []
         )
         rows.append((f"ahead of {peer} on {', '.join(wins) or 'nothing'}", len(wins) == 3, "build, single, memory"))
+    sig = RESULTS.get("signals", {})
+    lat = EXTRA.get("signal add latency, us", {})
+    if "capi_fast add()" in sig:
+        rate = 1 / sig["capi_fast add()"]
+        rows.append((f"durable SignalBatcher.add = {rate:,.0f} signals/s", rate >= 50_000, ">= 50,000/s"))
+    if "capi_fast p99" in lat:
+        rows.append((f"p99 add latency = {lat['capi_fast p99']:.0f} us", lat["capi_fast p99"] < 1000, "< 1 ms"))
     w.write_line("[goals]")
     for text, ok, goal in rows:
         w.write_line(f"  {'met ' if ok else 'MISS'} {text}  (goal {goal})")
