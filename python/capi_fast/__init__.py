@@ -9,6 +9,7 @@ from __future__ import annotations
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
 from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient
+from capi_fast.engine import RefreshReport, RemediationEngine
 from capi_fast.errors import (
     AuthenticationError,
     CapiError,
@@ -44,6 +45,8 @@ __all__ = [
     "InvalidSignal",
     "MemoryStorage",
     "RateLimitError",
+    "RefreshReport",
+    "RemediationEngine",
     "ServerError",
     "Signal",
     "SnapshotError",

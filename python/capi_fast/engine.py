@@ -1,0 +1,266 @@
+"""``RemediationEngine``: answers "what remediation for this IP?" from CAPI's decisions.
+
+It owns a native ``DecisionIndex`` and keeps it in step with the source: a startup pull, then
+deltas, plus the subscribed blocklists (each list's decisions under origin ``lists:<name>``).
+A refresh is applied as one atomic batch after the whole answer was fetched and parsed, so a
+failed refresh changes nothing and the last good decisions keep being served. The vendor's
+2-hour minimum between CAPI refreshes is enforced unless ``force=True``. With ``snapshot_path``
+the index and the stream state are saved after each refresh and loaded at start, so a restart
+neither loses decisions nor needs a new startup pull.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from capi_fast._native import DecisionIndex
+from capi_fast.client import CapiClient
+from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
+from capi_fast.stream import parse_go_duration, parse_stream
+
+__all__ = ["BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
+
+log = logging.getLogger("capi_fast.engine")
+
+BYPASS = "bypass"
+#: The vendor's minimum between two CAPI refreshes, in seconds.
+MIN_CAPI_INTERVAL = 2 * 3600.0
+_LEVELS = ("normal", "flex", "disabled")
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What a refresh did.
+
+    Attributes:
+        performed: False when it was skipped (too soon) or failed.
+        startup: True for the first, full pull.
+        added: decisions added. deleted: decisions removed. skipped: malformed items skipped.
+        lists_updated: blocklists downloaded anew. lists_removed: blocklists no longer subscribed.
+        duration: seconds the refresh took.
+        next_refresh_at: Unix time before which a refresh is refused without ``force``.
+        error: why it failed (the previous decisions are still served), or None.
+    """
+
+    performed: bool
+    startup: bool = False
+    added: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    lists_updated: tuple[str, ...] = ()
+    lists_removed: tuple[str, ...] = ()
+    duration: float = 0.0
+    next_refresh_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _State:
+    startup_done: bool = False
+    last_refresh: float = 0.0
+    # list name -> {"last_modified", "remediation", "values"}
+    lists: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class RemediationEngine:
+    """Remediation answers from a CAPI source, with blocklists, persistence and counters.
+
+    Args:
+        source: a ``CapiClient``.
+        priorities: remediations from most to least severe (default ban > captcha).
+        fallback: what an unknown decision type becomes (default captcha, as CrowdSec's PHP engine).
+        bouncing_level: ``normal``; ``flex`` (ban becomes captcha); ``disabled`` (always bypass).
+        min_interval: seconds between refreshes (the vendor's 2 hours by default).
+        snapshot_path: where to save the index and stream state after each refresh.
+        clock: Unix time source.
+    """
+
+    def __init__(
+        self,
+        source: CapiClient,
+        *,
+        priorities: Sequence[str] = ("ban", "captcha"),
+        fallback: str = "captcha",
+        bouncing_level: str = "normal",
+        min_interval: float = MIN_CAPI_INTERVAL,
+        snapshot_path: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if fallback not in priorities:
+            raise ConfigurationError(f"fallback {fallback!r} must be one of the priorities {list(priorities)}")
+        if bouncing_level not in _LEVELS:
+            raise ConfigurationError(f"bouncing_level must be one of {_LEVELS}, got {bouncing_level!r}")
+        self.source = source
+        self.priorities = list(priorities)
+        self.fallback = fallback
+        self.bouncing_level = bouncing_level
+        self.min_interval = min_interval
+        self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
+        self.clock = clock
+        self.index = DecisionIndex(self.priorities)
+        self.state = _State()
+        self.counters: Counter[tuple[str, str]] = Counter()  # (origin, remediation) -> answers
+        if self.snapshot_path is not None and self.snapshot_path.exists():
+            self._load()
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def get_ip_remediation(self, ip: str) -> str:
+        """``ban``, ``captcha`` (or another listed remediation) or ``bypass`` for ``ip``.
+
+        Raises:
+            InvalidIP: ``ip`` is not an IP address.
+        """
+        found = self.index.lookup(ip)
+        if found is None or self.bouncing_level == "disabled":
+            answer = BYPASS
+        elif self.bouncing_level == "flex" and found == "ban":
+            answer = "captcha"
+        else:
+            answer = found
+        self.counters[("clean" if found is None else "decisions", answer)] += 1
+        return answer
+
+    def _mapped(self, kind: str) -> str:
+        return kind if kind in self.priorities else self.fallback
+
+    # -- refresh -------------------------------------------------------------------------------
+
+    @property
+    def next_refresh_at(self) -> float:
+        """Unix time before which ``refresh_decisions()`` refuses without ``force``."""
+        return self.state.last_refresh + self.min_interval if self.state.last_refresh else 0.0
+
+    def refresh_decisions(self, force: bool = False) -> RefreshReport:
+        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch."""
+        now = self.clock()
+        if not force and now < self.next_refresh_at:
+            return RefreshReport(performed=False, next_refresh_at=self.next_refresh_at, error="too soon")
+        started = time.perf_counter()
+        startup = not self.state.startup_done
+        try:
+            batch = parse_stream(self.source.get_stream_decisions(startup=startup))
+        except CapiError as e:
+            log.warning("refresh failed, still serving the previous decisions: %s", e)
+            return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
+        # The stream answer is applied even if a blocklist fails: CAPI has moved this machine's
+        # stream position, so dropping the delta would lose it. A failed list keeps its content.
+        lists_add, lists_remove, updated, removed, list_state, list_errors = self._blocklists(batch.links)
+        adds = [(v, self._mapped(t), ttl, origin) for v, t, ttl, origin in batch.add] + lists_add
+        removes = [(v, o, None if t is None else self._mapped(str(t))) for v, o, t in batch.remove] + lists_remove
+        result = self.index.apply(add=adds, remove=removes, strict=False)
+        self.state.startup_done = True
+        self.state.last_refresh = now
+        self.state.lists = list_state
+        self._save()
+        return RefreshReport(
+            performed=True,
+            startup=startup,
+            added=result.added,
+            deleted=result.removed,
+            skipped=batch.skipped + result.skipped,
+            lists_updated=tuple(updated),
+            lists_removed=tuple(removed),
+            duration=time.perf_counter() - started,
+            next_refresh_at=self.next_refresh_at,
+            error="; ".join(list_errors) or None,
+        )
+
+    def _blocklists(
+        self, links: list[dict[str, Any]]
+    ) -> tuple[list[Any], list[Any], list[str], list[str], dict[str, Any], list[str]]:
+        adds: list[tuple[str, str, float, str]] = []
+        removes: list[tuple[str, str | None, str | None]] = []
+        updated: list[str] = []
+        errors: list[str] = []
+        state = {name: dict(info) for name, info in self.state.lists.items()}
+        seen = set()
+        for link in links:
+            name = link.get("name")
+            if not isinstance(name, str) or not name:
+                continue
+            seen.add(name)
+            prev = state.get(name)
+            try:
+                ttl = parse_go_duration(str(link.get("duration", "24h")))
+            except ValueError:
+                ttl = 86400.0
+            remediation = self._mapped(str(link.get("remediation", "ban")))
+            try:
+                got = self.source.fetch_blocklist(link, if_modified_since=prev.get("last_modified") if prev else None)
+            except CapiError as e:
+                log.warning("blocklist %s not refreshed (its previous content stays): %s", name, e)
+                errors.append(f"blocklist {name}: {e}")
+                continue
+            origin = f"lists:{name}"
+            if not got.modified and prev is not None:
+                continue
+            if prev is not None:
+                removes.extend((v, origin, None) for v in prev.get("values", []))
+            adds.extend((v, remediation, ttl, origin) for v in got.values)
+            state[name] = {"last_modified": got.last_modified, "remediation": remediation, "values": got.values}
+            updated.append(name)
+        removed = [n for n in state if n not in seen]
+        for name in removed:
+            removes.extend((v, f"lists:{name}", None) for v in state.pop(name).get("values", []))
+        return adds, removes, updated, removed, state, errors
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.snapshot_path is None:
+            return
+        meta = orjson.dumps(
+            {
+                "startup_done": self.state.startup_done,
+                "last_refresh": self.state.last_refresh,
+                "lists": self.state.lists,
+            }
+        )
+        try:
+            self.index.save(self.snapshot_path, metadata=meta)
+        except OSError as e:
+            raise StorageError(f"cannot write the decision snapshot {self.snapshot_path}: {e}") from None
+
+    def _load(self) -> None:
+        assert self.snapshot_path is not None
+        try:
+            index, meta = DecisionIndex.load_with_metadata(self.snapshot_path)
+            doc = orjson.loads(meta) if meta else {}
+        except (SnapshotError, orjson.JSONDecodeError, OSError) as e:
+            log.warning(
+                "ignoring the unreadable snapshot %s (%s): a startup pull will rebuild it", self.snapshot_path, e
+            )
+            return
+        if index.priorities != self.priorities:
+            log.warning(
+                "snapshot priorities %s differ from %s: a startup pull will rebuild it",
+                index.priorities,
+                self.priorities,
+            )
+            return
+        self.index = index
+        self.state = _State(
+            startup_done=bool(doc.get("startup_done")),
+            last_refresh=float(doc.get("last_refresh", 0.0)),
+            lists=dict(doc.get("lists", {})),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Index counts, refresh state and answers by (origin, remediation)."""
+        return {
+            "index": self.index.stats(),
+            "last_refresh": self.state.last_refresh,
+            "next_refresh_at": self.next_refresh_at,
+            "lists": sorted(self.state.lists),
+            "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
+        }
