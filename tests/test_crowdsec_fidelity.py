@@ -8,13 +8,9 @@ missing crowdsec fails instead of skipping.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,100 +18,9 @@ import pytest
 
 from capi_fast import CapiClient, MemoryStorage
 from capi_fast.testing import CapiSimulator
+from crowdsec_support import CROWDSEC, CSCLI, cscli, require_crowdsec, wait_for, write_config
 
-CROWDSEC = shutil.which("crowdsec") or ("/usr/bin/crowdsec" if os.path.exists("/usr/bin/crowdsec") else None)
-CSCLI = shutil.which("cscli") or ("/usr/bin/cscli" if os.path.exists("/usr/bin/cscli") else None)
-
-if not (CROWDSEC and CSCLI and Path("/etc/crowdsec/config.yaml").exists()):
-    if os.environ.get("CAPI_FAST_REQUIRE_CROWDSEC"):
-        raise RuntimeError("crowdsec is required here (CAPI_FAST_REQUIRE_CROWDSEC=1) but is not installed")
-    pytest.skip("Debian's crowdsec is not installed (.ci/run installs it)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    """Polls ``check`` until it returns something truthy; fails with crowdsec's log otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        if proc.poll() is not None:
-            break
-        time.sleep(0.25)  # polling interval of an external process, not a race cover-up
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-    pytest.fail(f"timed out waiting for {what}; crowdsec exit={proc.poll()}\n{tail}")
-
-
-def write_config(root: Path, sim_url: str, login: str, password: str) -> Path:
-    data = root / "data"
-    shutil.copytree("/var/lib/crowdsec/data", data, ignore=shutil.ignore_patterns("crowdsec.db*"))
-    (root / "log").mkdir()
-    (root / "acquis.d").mkdir()
-    (root / "auth.log").write_text("")
-    (root / "acquis.yaml").write_text(f"filenames:\n  - {root / 'auth.log'}\nlabels:\n  type: syslog\n")
-    (root / "online.yaml").write_text(f"url: {sim_url}\nlogin: {login}\npassword: {password}\n")
-    (root / "console.yaml").write_text("share_manual_decisions: false\nshare_custom: true\nshare_tainted: true\n")
-    port = free_port()
-    cfg = f"""
-common:
-  daemonize: false
-  log_media: file
-  log_level: info
-  log_dir: {root / "log"}/
-  working_dir: .
-config_paths:
-  config_dir: /etc/crowdsec/
-  data_dir: {data}/
-  simulation_path: /etc/crowdsec/simulation.yaml
-  hub_dir: /var/lib/crowdsec/hub/
-  index_path: /var/lib/crowdsec/hub/.index.json
-  notification_dir: /etc/crowdsec/notifications/
-  plugin_dir: /usr/lib/crowdsec/plugins/
-crowdsec_service:
-  acquisition_path: {root / "acquis.yaml"}
-  acquisition_dir: {root / "acquis.d"}
-  parser_routines: 1
-cscli:
-  output: json
-db_config:
-  log_level: info
-  type: sqlite
-  db_path: {root / "crowdsec.db"}
-  use_wal: true
-plugin_config:
-  user: nobody
-  group: nogroup
-api:
-  client:
-    insecure_skip_verify: false
-    credentials_path: {root / "local.yaml"}
-  server:
-    log_level: info
-    listen_uri: 127.0.0.1:{port}
-    profiles_path: /etc/crowdsec/profiles.yaml
-    console_path: {root / "console.yaml"}
-    online_client:
-      credentials_path: {root / "online.yaml"}
-    trusted_ips:
-      - 127.0.0.1
-prometheus:
-  enabled: false
-"""
-    path = root / "config.yaml"
-    path.write_text(cfg)
-    return path
-
-
-def cscli(config: Path, *args: str) -> Any:
-    out = subprocess.run([CSCLI, "-c", str(config), *args], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout) if out.stdout.strip() else None
+require_crowdsec()
 
 
 @pytest.fixture
@@ -129,7 +34,7 @@ def crowdsec(tmp_path: Path) -> Iterator[tuple[CapiSimulator, Path, subprocess.P
         creds = storage.load_credentials()
         assert creds is not None
         sim.add_decisions(["192.0.2.55", "198.51.100.0/24"], scenario="crowdsecurity/ssh-bf", duration=7200)
-        config = write_config(tmp_path, sim.url, creds.machine_id, creds.password)
+        config, _ = write_config(tmp_path, (sim.url, creds.machine_id, creds.password))
         subprocess.run(
             [CSCLI, "-c", str(config), "machines", "add", "-a", "--force"], check=True, capture_output=True, timeout=60
         )

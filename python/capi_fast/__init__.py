@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
-from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient
+from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient, LapiClient
 from capi_fast.engine import RefreshReport, RemediationEngine
 from capi_fast.errors import (
     AuthenticationError,
@@ -43,6 +43,7 @@ __all__ = [
     "InvalidDecision",
     "InvalidIP",
     "InvalidSignal",
+    "LapiClient",
     "MemoryStorage",
     "RateLimitError",
     "RefreshReport",

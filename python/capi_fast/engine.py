@@ -1,4 +1,4 @@
-"""``RemediationEngine``: answers "what remediation for this IP?" from CAPI's decisions.
+"""``RemediationEngine``: answers "what remediation for this IP?" from CAPI's (or a LAPI's) decisions.
 
 It owns a native ``DecisionIndex`` and keeps it in step with the source: a startup pull, then
 deltas, plus the subscribed blocklists (each list's decisions under origin ``lists:<name>``).
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from capi_fast._native import DecisionIndex
-from capi_fast.client import CapiClient
+from capi_fast.client import CapiClient, LapiClient
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
 from capi_fast.stream import parse_go_duration, parse_stream
 
@@ -72,26 +72,26 @@ class _State:
 
 
 class RemediationEngine:
-    """Remediation answers from a CAPI source, with blocklists, persistence and counters.
+    """Remediation answers from a CAPI or LAPI source, with blocklists, persistence and counters.
 
     Args:
-        source: a ``CapiClient``.
+        source: a ``CapiClient`` or a ``LapiClient``.
         priorities: remediations from most to least severe (default ban > captcha).
         fallback: what an unknown decision type becomes (default captcha, as CrowdSec's PHP engine).
         bouncing_level: ``normal``; ``flex`` (ban becomes captcha); ``disabled`` (always bypass).
-        min_interval: seconds between refreshes (the vendor's 2 hours by default).
+        min_interval: seconds between refreshes (default: the vendor's 2 hours for CAPI, none for LAPI).
         snapshot_path: where to save the index and stream state after each refresh.
         clock: Unix time source.
     """
 
     def __init__(
         self,
-        source: CapiClient,
+        source: CapiClient | LapiClient,
         *,
         priorities: Sequence[str] = ("ban", "captcha"),
         fallback: str = "captcha",
         bouncing_level: str = "normal",
-        min_interval: float = MIN_CAPI_INTERVAL,
+        min_interval: float | None = None,
         snapshot_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -103,6 +103,8 @@ class RemediationEngine:
         self.priorities = list(priorities)
         self.fallback = fallback
         self.bouncing_level = bouncing_level
+        if min_interval is None:
+            min_interval = 0.0 if isinstance(source, LapiClient) else MIN_CAPI_INTERVAL
         self.min_interval = min_interval
         self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
         self.clock = clock

@@ -1,0 +1,87 @@
+"""RemediationEngine over a real CrowdSec Local API (Debian's crowdsec 1.4.6, ``-no-cs``)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capi_fast.client import LapiClient
+from capi_fast.engine import RemediationEngine
+from capi_fast.errors import AuthenticationError
+from crowdsec_support import CROWDSEC, CSCLI, require_crowdsec, wait_for, write_config
+
+require_crowdsec()
+
+
+def run(config: Path, *args: str) -> str:
+    out = subprocess.run([str(CSCLI), "-c", str(config), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def lapi(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
+    config, port = write_config(tmp_path)  # no online_client: this LAPI never calls CAPI
+    run(config, "machines", "add", "-a", "--force")
+    log = tmp_path / "crowdsec.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(CROWDSEC), "-c", str(config), "-no-cs"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        key = run(config, "bouncers", "add", "capi-fast-test", "-o", "raw").strip()
+        url = f"http://127.0.0.1:{port}/"
+
+        def answers() -> bool:
+            try:
+                with LapiClient(url, key, retries=0) as c:
+                    c.get_stream_decisions(startup=True)
+                return True
+            except Exception:
+                return False
+
+        wait_for("the LAPI to listen", answers, 60, proc, log)
+        yield config, url, key
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_engine_follows_cscli_decisions(lapi):
+    config, url, key = lapi
+    with LapiClient(url, key) as client:
+        engine = RemediationEngine(client)
+        assert engine.min_interval == 0, "no 2-hour rule against a local API"
+        r = engine.refresh_decisions()
+        assert r.performed and r.startup and r.added == 0
+
+        run(config, "decisions", "add", "--ip", "192.0.2.10", "--type", "ban", "--duration", "1h")
+        run(config, "decisions", "add", "--range", "198.51.100.0/24", "--type", "captcha", "--duration", "1h")
+        run(config, "decisions", "add", "--range", "2001:db8::/32", "--type", "ban", "--duration", "1h")
+        run(config, "decisions", "add", "--ip", "192.0.2.11", "--type", "throttle", "--duration", "1h")
+        r = engine.refresh_decisions()
+        assert r.performed and not r.startup and r.added == 4, r
+        assert engine.get_ip_remediation("192.0.2.10") == "ban"
+        assert engine.get_ip_remediation("198.51.100.200") == "captcha"
+        assert engine.get_ip_remediation("2001:db8:1::5") == "ban"
+        assert engine.get_ip_remediation("192.0.2.11") == "captcha", "unknown type -> fallback"
+        assert engine.get_ip_remediation("203.0.113.1") == "bypass"
+
+        run(config, "decisions", "delete", "--ip", "192.0.2.10")
+        run(config, "decisions", "delete", "--range", "198.51.100.0/24")
+        r = engine.refresh_decisions()
+        assert r.deleted == 2, r
+        assert engine.get_ip_remediation("192.0.2.10") == "bypass"
+        assert engine.get_ip_remediation("198.51.100.200") == "bypass"
+        assert engine.get_ip_remediation("2001:db8::1") == "ban"
+
+
+def test_wrong_key_is_an_authentication_error(lapi):
+    _, url, _ = lapi
+    with LapiClient(url, "not-a-key", retries=0) as client:
+        with pytest.raises(AuthenticationError):
+            client.get_stream_decisions(startup=True)
