@@ -1,27 +1,159 @@
-"""The ``capi-fast`` command line."""
+"""The ``capi-fast`` command line.
+
+Configuration comes from options or the environment: ``CAPI_FAST_HOME`` (storage directory,
+default ``~/.capi-fast``), ``CAPI_FAST_URL`` (CAPI base URL, production by default),
+``CAPI_FAST_LAPI_URL`` and ``CAPI_FAST_LAPI_KEY`` (take decisions from a LAPI instead).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from capi_fast.client import PROD_URL, CapiClient, LapiClient
 from capi_fast.demo import run_demo
+from capi_fast.engine import RemediationEngine
+from capi_fast.errors import CapiFastError
+from capi_fast.export import FORMATS, render
+from capi_fast.storage import FileStorage
 
 __all__ = ["main"]
 
 
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="capi-fast", description="CrowdSec CAPI client and remediation engine")
+    p.add_argument("--home", default=os.environ.get("CAPI_FAST_HOME", str(Path.home() / ".capi-fast")))
+    p.add_argument("--url", default=os.environ.get("CAPI_FAST_URL", PROD_URL), help="CAPI base URL")
+    p.add_argument("--lapi-url", default=os.environ.get("CAPI_FAST_LAPI_URL"), help="take decisions from this LAPI")
+    p.add_argument("--api-key", default=os.environ.get("CAPI_FAST_LAPI_KEY"), help="LAPI bouncer key")
+    p.add_argument("--user-agent", default="capi-fast-cli/1")
+    p.add_argument("--scenario", action="append", default=[], help="scenario this machine detects (repeatable)")
+    p.add_argument("--prefix", default="", help="machine_id prefix")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--retries", type=int, default=4, help="retries of a failed call (with backoff)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("register", help="register (once) and log in; print the machine id")
+    e = sub.add_parser("enroll", help="attach this machine to a CrowdSec console account")
+    e.add_argument("key")
+    e.add_argument("--name")
+    e.add_argument("--tag", action="append", default=[])
+    e.add_argument("--overwrite", action="store_true")
+    r = sub.add_parser("refresh", help="pull decisions and blocklists (at most every 2 hours from CAPI)")
+    r.add_argument("--force", action="store_true", help="ignore the 2-hour minimum")
+    c = sub.add_parser("check", help="remediation for IPs, from the local snapshot (no network)")
+    c.add_argument("ips", nargs="+")
+    x = sub.add_parser("export", help="aggregated CIDRs for nft -f, ipset restore, or plain")
+    x.add_argument("--format", choices=FORMATS, default="plain")
+    x.add_argument("--remediation", default="ban")
+    x.add_argument("--family", choices=["4", "6", "all"], default="all")
+    x.add_argument("--set-name", default="capi_fast_ban")
+    sub.add_parser("status", help="machine, snapshot and refresh state")
+    s = sub.add_parser("simulate", help="serve the CAPI simulator until interrupted")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--decisions", type=int, default=0, help="community decisions to preload")
+    d = sub.add_parser("demo", help="the whole flow against the bundled simulator, with timings")
+    d.add_argument("--decisions", type=int, default=100_000)
+    d.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def _client(a: argparse.Namespace) -> CapiClient:
+    return CapiClient(
+        user_agent=a.user_agent,
+        scenarios=a.scenario,
+        storage=FileStorage(a.home),
+        machine_id_prefix=a.prefix,
+        base_url=a.url,
+        retries=a.retries,
+    )
+
+
+def _engine(a: argparse.Namespace) -> RemediationEngine:
+    source: CapiClient | LapiClient
+    source = LapiClient(a.lapi_url, a.api_key or "") if a.lapi_url else _client(a)
+    return RemediationEngine(source, snapshot_path=Path(a.home) / "decisions.snap")
+
+
+def _print(a: argparse.Namespace, human: str, data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if a.json else human)
+
+
+def _run(a: argparse.Namespace) -> int:
+    if a.command == "demo":
+        run_demo(decisions=a.decisions, seed=a.seed, out=sys.stdout)
+    elif a.command == "simulate":
+        from capi_fast.demo import synthetic_decisions
+        from capi_fast.testing import CapiSimulator
+
+        with CapiSimulator(port=a.port) as sim:
+            if a.decisions:
+                sim.add_decisions(v for v, *_ in synthetic_decisions(a.decisions, 7))
+            print(f"CAPI simulator at {sim.url}", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+    elif a.command == "register":
+        with _client(a) as c:
+            c.login()
+            _print(a, f"machine {c.machine_id} registered at {c.base_url}", {"machine_id": c.machine_id})
+    elif a.command == "enroll":
+        with _client(a) as c:
+            c.enroll(a.key, name=a.name, overwrite=a.overwrite, tags=a.tag)
+            _print(a, f"machine {c.machine_id} enrolled", {"machine_id": c.machine_id, "enrolled": True})
+    elif a.command == "refresh":
+        r = _engine(a).refresh_decisions(force=a.force)
+        data = {k: getattr(r, k) for k in r.__dataclass_fields__}
+        human = (
+            f"refreshed: +{r.added} -{r.deleted} decisions ({r.skipped} skipped), lists updated "
+            f"{list(r.lists_updated)}, removed {list(r.lists_removed)} in {r.duration:.2f} s"
+            if r.performed
+            else f"not refreshed: {r.error}"
+        )
+        if r.performed and r.error:
+            human += f" (warnings: {r.error})"
+        _print(a, human, data)
+        return 0 if r.performed or r.error == "too soon" else 1
+    elif a.command == "check":
+        e = _engine(a)
+        answers = {ip: e.get_ip_remediation(ip) for ip in a.ips}
+        _print(a, "\n".join(f"{ip} {r}" for ip, r in answers.items()), answers)
+    elif a.command == "export":
+        idx = _engine(a).index
+        v4 = idx.export_cidrs(a.remediation, family=4) if a.family in ("4", "all") else []
+        v6 = idx.export_cidrs(a.remediation, family=6) if a.family in ("6", "all") else []
+        sys.stdout.write(render(a.format, a.set_name, v4, v6))
+    elif a.command == "status":
+        storage = FileStorage(a.home)
+        creds = storage.load_credentials()
+        e = _engine(a)
+        st = e.stats()
+        data = {
+            "machine_id": creds.machine_id if creds else None,
+            "registered": bool(creds and creds.registered),
+            "decisions": st["index"]["decisions"],
+            "lists": st["lists"],
+            "last_refresh": st["last_refresh"],
+            "next_refresh_at": st["next_refresh_at"],
+        }
+        _print(a, "\n".join(f"{k}: {v}" for k, v in data.items()), data)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``capi-fast`` command; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="capi-fast", description="CrowdSec CAPI client and decision index")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a decision index and answer lookups, with timings")
-    demo.add_argument("--decisions", type=int, default=100_000, help="community decisions to load")
-    demo.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(decisions=args.decisions, seed=args.seed, out=sys.stdout)
-    return 0
+    a = _parser().parse_args(argv)
+    try:
+        return _run(a)
+    except CapiFastError as e:
+        print(f"capi-fast: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
