@@ -177,3 +177,50 @@ def test_stream_parsing_skips_and_counts_bad_items():
     assert parse_stream({"new": None, "deleted": None}).add == []
     with pytest.raises(ValueError):
         parse_go_duration("1 hour")
+
+
+def test_follower_reloads_what_the_writer_publishes(sim, client, clock, tmp_path):
+    path = tmp_path / "host.snap"
+    sim.add_decisions(["192.0.2.1"])
+    writer = RemediationEngine(client, clock=clock, min_interval=0, snapshot_path=path)
+    writer.refresh_decisions()
+    tick = Clock(0.0)
+    follower = RemediationEngine.follow(path, monotonic=tick)
+    assert follower.get_ip_remediation("192.0.2.1") == "ban"
+    sim.add_decisions(["192.0.2.2"])
+    writer.refresh_decisions()
+    assert follower.get_ip_remediation("192.0.2.2") == "bypass", "checks at most once a second"
+    tick.now += 1.0
+    assert follower.get_ip_remediation("192.0.2.2") == "ban"
+    with pytest.raises(ConfigurationError):
+        follower.refresh_decisions()
+    assert sum(1 for r in sim.requests if r.path.endswith("/decisions/stream")) == 2, "only the writer calls CAPI"
+
+
+def test_follower_never_sees_a_torn_snapshot_while_the_writer_refreshes(sim, client, clock, tmp_path):
+    import threading
+
+    path = tmp_path / "host.snap"
+    sim.add_decisions([f"10.0.{i // 250}.{i % 250}" for i in range(5000)])
+    writer = RemediationEngine(client, clock=clock, min_interval=0, snapshot_path=path)
+    writer.refresh_decisions()
+    follower = RemediationEngine.follow(path, check_every=0.0)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                assert follower.get_ip_remediation("10.0.0.1") == "ban"
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    for i in range(15):
+        sim.add_decisions([f"10.1.0.{i}"])
+        writer.refresh_decisions(force=True)
+    done.set()
+    t.join(30)
+    assert not errors, errors[0]
+    assert follower.get_ip_remediation("10.1.0.14") == "ban"

@@ -86,7 +86,7 @@ class RemediationEngine:
 
     def __init__(
         self,
-        source: CapiClient | LapiClient,
+        source: CapiClient | LapiClient | None,
         *,
         priorities: Sequence[str] = ("ban", "captcha"),
         fallback: str = "captcha",
@@ -108,10 +108,58 @@ class RemediationEngine:
         self.min_interval = min_interval
         self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
         self.clock = clock
+        self._monotonic: Callable[[], float] = time.monotonic
         self.index = DecisionIndex(self.priorities)
         self.state = _State()
         self.counters: Counter[tuple[str, str]] = Counter()  # (origin, remediation) -> answers
+        self._follow_every: float | None = None
+        self._next_check = 0.0
+        self._seen: tuple[int, int, int] | None = None
         if self.snapshot_path is not None and self.snapshot_path.exists():
+            self._seen = self._signature()
+            self._load()
+
+    @classmethod
+    def follow(
+        cls,
+        snapshot_path: str | os.PathLike[str],
+        *,
+        priorities: Sequence[str] = ("ban", "captcha"),
+        fallback: str = "captcha",
+        bouncing_level: str = "normal",
+        check_every: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> RemediationEngine:
+        """A read-only engine for extra workers, answering from another process's snapshot.
+
+        It reloads the snapshot when it changes (one ``stat`` at most every ``check_every``
+        seconds), so CAPI is called once per host, not once per worker.
+        """
+        engine = cls(
+            None, priorities=priorities, fallback=fallback, bouncing_level=bouncing_level, snapshot_path=snapshot_path
+        )
+        engine._follow_every = check_every
+        engine._monotonic = monotonic
+        engine._next_check = monotonic() + check_every
+        return engine
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        assert self.snapshot_path is not None
+        try:
+            st = os.stat(self.snapshot_path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _maybe_reload(self) -> None:
+        now = self._monotonic()
+        if now < self._next_check:
+            return
+        assert self._follow_every is not None
+        self._next_check = now + self._follow_every
+        sig = self._signature()
+        if sig is not None and sig != self._seen:
+            self._seen = sig
             self._load()
 
     # -- answers -------------------------------------------------------------------------------
@@ -122,6 +170,8 @@ class RemediationEngine:
         Raises:
             InvalidIP: ``ip`` is not an IP address.
         """
+        if self._follow_every is not None:
+            self._maybe_reload()
         found = self.index.lookup(ip)
         if found is None or self.bouncing_level == "disabled":
             answer = BYPASS
@@ -144,6 +194,8 @@ class RemediationEngine:
 
     def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch."""
+        if self.source is None:
+            raise ConfigurationError("a follower engine does not refresh: the publishing process does")
         now = self.clock()
         if not force and now < self.next_refresh_at:
             return RefreshReport(performed=False, next_refresh_at=self.next_refresh_at, error="too soon")
@@ -180,6 +232,7 @@ class RemediationEngine:
     def _blocklists(
         self, links: list[dict[str, Any]]
     ) -> tuple[list[Any], list[Any], list[str], list[str], dict[str, Any], list[str]]:
+        assert self.source is not None
         adds: list[tuple[str, str, float, str]] = []
         removes: list[tuple[str, str | None, str | None]] = []
         updated: list[str] = []
