@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +96,6 @@ class RemediationEngine:
     ) -> None:
         if fallback not in priorities:
             raise ConfigurationError(f"fallback {fallback!r} must be one of the priorities {list(priorities)}")
-        if bouncing_level not in _LEVELS:
-            raise ConfigurationError(f"bouncing_level must be one of {_LEVELS}, got {bouncing_level!r}")
         self.source = source
         self.priorities = list(priorities)
         self.fallback = fallback
@@ -111,7 +108,7 @@ class RemediationEngine:
         self._monotonic: Callable[[], float] = time.monotonic
         self.index = DecisionIndex(self.priorities)
         self.state = _State()
-        self.counters: Counter[tuple[str, str]] = Counter()  # (origin, remediation) -> answers
+        self._counts: dict[tuple[str, str], int] = {}
         self._follow_every: float | None = None
         self._next_check = 0.0
         self._seen: tuple[int, int, int] | None = None
@@ -172,15 +169,42 @@ class RemediationEngine:
         """
         if self._follow_every is not None:
             self._maybe_reload()
-        found = self.index.lookup(ip)
-        if found is None or self.bouncing_level == "disabled":
-            answer = BYPASS
-        elif self.bouncing_level == "flex" and found == "ban":
-            answer = "captcha"
-        else:
-            answer = found
-        self.counters[("clean" if found is None else "decisions", answer)] += 1
+        answer, key = self._answers[self._lookup(ip)]
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
         return answer
+
+    @property
+    def bouncing_level(self) -> str:
+        """``normal``, ``flex`` (ban becomes captcha) or ``disabled`` (always bypass)."""
+        return self._bouncing_level
+
+    @bouncing_level.setter
+    def bouncing_level(self, level: str) -> None:
+        if level not in _LEVELS:
+            raise ConfigurationError(f"bouncing_level must be one of {_LEVELS}, got {level!r}")
+        self._bouncing_level = level
+        # One table lookup per answer instead of branching on every call.
+        table: dict[str | None, tuple[str, tuple[str, str]]] = {None: (BYPASS, ("clean", BYPASS))}
+        for rem in self.priorities:
+            answer = BYPASS if level == "disabled" else "captcha" if level == "flex" and rem == "ban" else rem
+            table[rem] = (answer, ("decisions", answer))
+        self._answers = table
+
+    @property
+    def index(self) -> DecisionIndex:
+        """The native index answering lookups."""
+        return self._index
+
+    @index.setter
+    def index(self, index: DecisionIndex) -> None:
+        self._index = index
+        self._lookup = index.lookup
+
+    @property
+    def counters(self) -> dict[tuple[str, str], int]:
+        """Answers given, by (``decisions`` or ``clean``, answer)."""
+        return self._counts
 
     def _mapped(self, kind: str) -> str:
         return kind if kind in self.priorities else self.fallback
@@ -317,5 +341,5 @@ class RemediationEngine:
             "last_refresh": self.state.last_refresh,
             "next_refresh_at": self.next_refresh_at,
             "lists": sorted(self.state.lists),
-            "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
+            "answers": {f"{o}/{r}": n for (o, r), n in sorted(self._counts.items())},
         }
