@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,19 @@ def require_crowdsec() -> None:
         if os.environ.get("CAPI_FAST_REQUIRE_CROWDSEC"):
             raise RuntimeError("crowdsec is required here (CAPI_FAST_REQUIRE_CROWDSEC=1) but is not installed")
         pytest.skip("Debian's crowdsec is not installed (.ci/run installs it)", allow_module_level=True)
+
+
+@contextlib.contextmanager
+def running(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """Runs ``crowdsec -c config *args`` with its output in a log file; stops it on exit."""
+    log = config.parent / "crowdsec.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(CROWDSEC), "-c", str(config), *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -18,7 +18,7 @@ import pytest
 
 from capi_fast import CapiClient, MemoryStorage
 from capi_fast.testing import CapiSimulator
-from crowdsec_support import CROWDSEC, CSCLI, cscli, require_crowdsec, wait_for, write_config
+from crowdsec_support import CSCLI, cscli, require_crowdsec, running, wait_for, write_config
 
 require_crowdsec()
 
@@ -38,17 +38,8 @@ def crowdsec(tmp_path: Path) -> Iterator[tuple[CapiSimulator, Path, subprocess.P
         subprocess.run(
             [CSCLI, "-c", str(config), "machines", "add", "-a", "--force"], check=True, capture_output=True, timeout=60
         )
-        log = tmp_path / "crowdsec.out"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([CROWDSEC, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
-        try:
+        with running(config) as (proc, log):
             yield sim, config, proc, log
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_real_crowdsec_logs_in_pulls_and_pushes(crowdsec):

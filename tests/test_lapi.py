@@ -11,7 +11,7 @@ import pytest
 from capi_fast.client import LapiClient
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import AuthenticationError
-from crowdsec_support import CROWDSEC, CSCLI, require_crowdsec, wait_for, write_config
+from crowdsec_support import CSCLI, require_crowdsec, running, wait_for, write_config
 
 require_crowdsec()
 
@@ -26,10 +26,7 @@ def run(config: Path, *args: str) -> str:
 def lapi(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     config, port = write_config(tmp_path)  # no online_client: this LAPI never calls CAPI
     run(config, "machines", "add", "-a", "--force")
-    log = tmp_path / "crowdsec.out"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(CROWDSEC), "-c", str(config), "-no-cs"], stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running(config, "-no-cs") as (proc, log):
         key = run(config, "bouncers", "add", "capi-fast-test", "-o", "raw").strip()
         url = f"http://127.0.0.1:{port}/"
 
@@ -43,12 +40,6 @@ def lapi(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
 
         wait_for("the LAPI to listen", answers, 60, proc, log)
         yield config, url, key
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_engine_follows_cscli_decisions(lapi):

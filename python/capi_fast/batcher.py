@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from capi_fast.client import MAX_SIGNALS_PER_CALL
 from capi_fast.errors import CapiError, InvalidSignal
@@ -96,6 +96,16 @@ class _Base:
 
     def _wake(self) -> None:
         pass
+
+    def _due(self) -> bool:
+        return bool(len(self.spool)) and self.schedule.wait(len(self.spool)) <= 0
+
+    def _done(self, batch: list[tuple[int, dict[str, Any]]], error: Exception | None) -> bool:
+        """Records a send: acks the batch if CAPI accepted it; True on success."""
+        if error is None:
+            self.spool.ack([seq for seq, _ in batch])
+        self._result(len(batch), error)
+        return error is None
 
     def _result(self, n: int, error: Exception | None) -> None:
         if error is None:
@@ -178,15 +188,12 @@ class SignalBatcher(_Base):
             try:
                 self.client.push_signal_payloads([p for _, p in batch])
             except CapiError as e:
-                self._result(len(batch), e)
-                return False
-            self.spool.ack([seq for seq, _ in batch])
-            self._result(len(batch), None)
-            return True
+                return self._done(batch, e)
+            return self._done(batch, None)
 
     def send_due(self) -> bool:
         """Sends one batch if the schedule says it is due; True if it sent one."""
-        if not len(self.spool) or self.schedule.wait(len(self.spool)) > 0:
+        if not self._due():
             return False
         self._send_batch()
         return True
@@ -274,15 +281,12 @@ class AsyncSignalBatcher(_Base):
             try:
                 await self.client.push_signal_payloads([p for _, p in batch])
             except CapiError as e:
-                self._result(len(batch), e)
-                return False
-            self.spool.ack([seq for seq, _ in batch])
-            self._result(len(batch), None)
-            return True
+                return self._done(batch, e)
+            return self._done(batch, None)
 
     async def send_due(self) -> bool:
         """Sends one batch if due; True if it sent one."""
-        if not len(self.spool) or self.schedule.wait(len(self.spool)) > 0:
+        if not self._due():
             return False
         await self._send_batch()
         return True
