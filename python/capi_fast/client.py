@@ -264,14 +264,20 @@ class _BaseClient:
             raise _Retry(ServerError(f"{what}: CAPI's answer is not valid JSON", r.status_code)) from None
 
     @staticmethod
-    def _signal_batches(signals: Iterable[Signal], machine_id: str) -> list[bytes]:
+    def _signal_payloads(signals: Iterable[Signal]) -> list[dict[str, Any]]:
+        """Payloads of ``signals`` (machine_id filled at send time); raises before any call."""
         items = list(signals)
         for i, s in enumerate(items):
             if not isinstance(s, Signal):
                 raise InvalidSignal(f"item {i} is a {type(s).__name__}, not a Signal (use Signal.decision/whisper)")
-        payloads = [s.to_payload(machine_id) for s in items]
+        return [s.to_payload("") for s in items]
+
+    @staticmethod
+    def _payload_batches(payloads: list[dict[str, Any]], machine_id: str) -> list[bytes]:
+        """JSON bodies of at most 250 signals each, sent as ``machine_id``."""
         return [
-            orjson.dumps(payloads[i : i + MAX_SIGNALS_PER_CALL]) for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL)
+            orjson.dumps([{**p, "machine_id": machine_id} for p in payloads[i : i + MAX_SIGNALS_PER_CALL]])
+            for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL)
         ]
 
     @staticmethod
@@ -439,17 +445,14 @@ class CapiClient(_BaseClient):
         Raises:
             InvalidSignal: an item is not a ``Signal`` (checked before any call).
         """
-        batches = self._signal_batches(signals, self.machine_id)
-        for batch in batches:
-            self._call("POST", "signals", "push signals", content=batch)
-        return sum(len(orjson.loads(b)) for b in batches) if batches else 0
+        payloads = self._signal_payloads(signals)
+        self.push_signal_payloads(payloads)
+        return len(payloads)
 
     def push_signal_payloads(self, payloads: list[dict[str, Any]]) -> None:
         """Sends already-built signal payloads (from the batcher's spool), 250 per call at most."""
-        mid = self.machine_id
-        for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL):
-            batch = [{**p, "machine_id": mid} for p in payloads[i : i + MAX_SIGNALS_PER_CALL]]
-            self._call("POST", "signals", "push signals", content=orjson.dumps(batch))
+        for body in self._payload_batches(payloads, self.machine_id):
+            self._call("POST", "signals", "push signals", content=body)
 
     def signal_batcher(self, **options: Any) -> SignalBatcher:
         """A durable ``SignalBatcher`` whose spool lives beside a ``FileStorage``'s files.
@@ -586,17 +589,14 @@ class AsyncCapiClient(_BaseClient):
 
     async def push_signals(self, signals: Iterable[Signal]) -> int:
         """Sends signals, at most 250 per call; returns how many were sent."""
-        batches = self._signal_batches(signals, self.machine_id)
-        for batch in batches:
-            await self._call("POST", "signals", "push signals", content=batch)
-        return sum(len(orjson.loads(b)) for b in batches) if batches else 0
+        payloads = self._signal_payloads(signals)
+        await self.push_signal_payloads(payloads)
+        return len(payloads)
 
     async def push_signal_payloads(self, payloads: list[dict[str, Any]]) -> None:
         """Sends already-built signal payloads, 250 per call at most."""
-        mid = self.machine_id
-        for i in range(0, len(payloads), MAX_SIGNALS_PER_CALL):
-            batch = [{**p, "machine_id": mid} for p in payloads[i : i + MAX_SIGNALS_PER_CALL]]
-            await self._call("POST", "signals", "push signals", content=orjson.dumps(batch))
+        for body in self._payload_batches(payloads, self.machine_id):
+            await self._call("POST", "signals", "push signals", content=body)
 
     def signal_batcher(self, **options: Any) -> AsyncSignalBatcher:
         """A durable ``AsyncSignalBatcher``; call its ``start()`` inside the running loop."""
