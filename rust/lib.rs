@@ -37,9 +37,11 @@ pub mod hosts;
 pub mod index;
 pub mod parse;
 pub mod py;
+pub mod py_stream;
 pub mod shared;
 pub mod slot;
 pub mod snapshot;
+pub mod stream;
 pub mod table;
 pub mod trie;
 

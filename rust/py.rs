@@ -4,6 +4,8 @@ use crate::error::Error;
 use crate::export;
 use crate::index::{Index, Op};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
+use crate::py_stream::ParsedStream;
+use crate::stream::StreamOps;
 use crate::shared::Shared;
 use crate::slot::NEVER;
 use crate::snapshot;
@@ -15,7 +17,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple, PyType};
 use std::path::PathBuf;
 
-fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
+/// A `capi_fast.errors` exception of class `class`.
+pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
     match py.import("capi_fast.errors").and_then(|m| m.getattr(class)) {
         Ok(cls) => match cls.cast_into::<PyType>() {
             Ok(t) => PyErr::from_type(t, msg),
@@ -237,6 +240,42 @@ impl PyDecisionIndex {
         out.map_err(|e| to_py(py, e))
     }
 
+    /// A parsed stream's operations as batch items; types not in the priorities become `fallback`.
+    fn stream_items(
+        &self,
+        ops: &StreamOps,
+        fallback: Option<&str>,
+        now: f64,
+        adds: &mut Vec<AddItem>,
+        pairs: &mut Pairs,
+        removes: &mut Vec<RemoveItem>,
+    ) -> PyResult<()> {
+        let priorities = self.inner.read().priorities().to_vec();
+        let mapped = |kind: &str| -> String {
+            match fallback {
+                Some(f) if !priorities.iter().any(|p| p == kind) => f.to_owned(),
+                _ => kind.to_owned(),
+            }
+        };
+        let names: Vec<(String, Option<String>)> =
+            ops.pairs.iter().map(|(o, k)| (o.clone(), k.as_deref().map(mapped))).collect();
+        for &(net, pair) in &ops.removes {
+            let (o, k) = &names[pair as usize];
+            removes.push(RemoveItem { net, origin: Some(o.clone()), remediation: k.clone() });
+        }
+        // Interned on first use: a removal's pair may have no type, which no add carries.
+        let mut ids: Vec<Option<u32>> = vec![None; names.len()];
+        adds.reserve(ops.adds.len());
+        for &(net, normalized, pair, ttl) in &ops.adds {
+            let id = *ids[pair as usize].get_or_insert_with(|| {
+                let (o, k) = &names[pair as usize];
+                pairs.id(o, k.as_deref().unwrap_or_default())
+            });
+            adds.push(AddItem { net, normalized, pair: id, exp: expiry(now, Some(ttl))? });
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn parse_add(
         &self,
@@ -324,11 +363,11 @@ impl PyDecisionIndex {
         now: Option<f64>,
         strict: bool,
     ) -> PyResult<BatchResult> {
-        self.apply(py, Some(items), None, remediation, ttl, origin, now, strict)
+        self.apply(py, Some(items), None, remediation, ttl, origin, now, strict, None, None)
     }
 
     /// Applies removals then additions as one atomic batch.
-    #[pyo3(signature = (add = None, remove = None, *, remediation = "ban", ttl = None, origin = "manual", now = None, strict = true))]
+    #[pyo3(signature = (add = None, remove = None, *, remediation = "ban", ttl = None, origin = "manual", now = None, strict = true, stream = None, fallback = None))]
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -340,12 +379,19 @@ impl PyDecisionIndex {
         origin: &str,
         now: Option<f64>,
         strict: bool,
+        stream: Option<PyRef<'_, ParsedStream>>,
+        fallback: Option<&str>,
     ) -> PyResult<BatchResult> {
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
         let mut result = BatchResult::default();
         let mut adds = Vec::new();
         let mut pairs = Pairs::default();
+        let mut removes = Vec::new();
+        if let Some(s) = &stream {
+            self.stream_items(&s.ops, fallback, now, &mut adds, &mut pairs, &mut removes)?;
+            result.skipped += s.ops.skipped;
+        }
         if let Some(items) = add {
             if let Ok(n) = items.len() {
                 adds.reserve(n);
@@ -358,7 +404,6 @@ impl PyDecisionIndex {
                 }
             }
         }
-        let mut removes = Vec::new();
         if let Some(items) = remove {
             for item in items.try_iter()? {
                 let item = item?;
@@ -607,6 +652,8 @@ impl PyDecisionIndex {
 pub mod _native {
     #[pymodule_export]
     use super::{BatchResult, PyDecisionIndex};
+    #[pymodule_export]
+    use crate::py_stream::{parse_stream, ParsedStream};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -13,6 +13,32 @@ AddItem = str | tuple[str] | tuple[str, str] | tuple[str, str, float | None] | t
 RemoveItem = str | tuple[str] | tuple[str, str | None] | tuple[str, str | None, str | None]
 
 @final
+class ParsedStream:
+    """The operations read from one decisions-stream answer (see ``parse_stream``)."""
+
+    @property
+    def adds(self) -> int:
+        """Decisions to add."""
+    @property
+    def removes(self) -> int:
+        """Decisions to remove."""
+    @property
+    def skipped(self) -> int:
+        """Malformed items skipped (bad scope, field, duration or IP)."""
+    @property
+    def links(self) -> bytes | None:
+        """The raw JSON of the answer's ``links`` member, or None."""
+
+def parse_stream(body: bytes, origin: str = "CAPI") -> ParsedStream:
+    """Reads a CAPI (v3 grouped, v2 flat) or LAPI stream answer from its bytes, without the GIL.
+
+    Decisions without an origin get ``origin``. Bad items are skipped and counted.
+
+    Raises:
+        ServerError: the body is not a JSON object.
+    """
+
+@final
 class BatchResult:
     """The outcome of a batch applied to a ``DecisionIndex``."""
 
@@ -89,11 +115,15 @@ class DecisionIndex:
         origin: str = "manual",
         now: float | None = None,
         strict: bool = True,
+        stream: ParsedStream | None = None,
+        fallback: str | None = None,
     ) -> BatchResult:
         """Applies removals, then additions, as one atomic batch.
 
         A remove item is a value or ``(value, origin, remediation)`` (None matches any).
-        Lookups see the whole batch or none of it.
+        ``stream``'s removals and additions come first in the batch; with ``fallback``, a stream
+        decision type that is not one of the priorities becomes ``fallback``; its skipped items
+        are counted in the result. Lookups see the whole batch or none of it.
         """
     def remove(self, value: str, origin: str | None = None, remediation: str | None = None) -> int:
         """Removes the decisions on exactly ``value``, optionally of one origin/remediation."""

@@ -242,8 +242,8 @@ class _BaseClient:
         log.info("%s failed (%s); retry %d/%d in %.2f s", what, failure, attempt + 1, self.retries, delay)
         return delay
 
-    def _check(self, r: httpx.Response, what: str) -> Any:
-        """The parsed JSON of a successful answer; raises or asks for a retry otherwise."""
+    def _check(self, r: httpx.Response, what: str, raw: bool = False) -> Any:
+        """The parsed JSON (or with ``raw`` the bytes) of a successful answer; raises or asks for a retry otherwise."""
         if r.status_code == 429:
             retry_after = _retry_after(r.headers.get("Retry-After"), self.clock())
             err = RateLimitError(f"{what}: CAPI answered 429 Too Many Requests", 429, retry_after)
@@ -256,6 +256,8 @@ class _BaseClient:
             raise AuthenticationError(f"{what}: CAPI answered {r.status_code}: {_message(r)}", r.status_code)
         if r.status_code >= 400:
             raise CapiError(f"{what}: CAPI answered {r.status_code}: {_message(r)}", r.status_code)
+        if raw:
+            return r.content
         if not r.content:
             return None
         try:
@@ -292,6 +294,10 @@ class _BaseClient:
             return Blocklist(False, [], r.headers.get("Last-Modified"))
         values = [line.strip() for line in r.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         return Blocklist(True, values, r.headers.get("Last-Modified"))
+
+
+def _startup(startup: bool) -> dict[str, str] | None:
+    return {"startup": "true"} if startup else None
 
 
 def _message(r: httpx.Response) -> str:
@@ -409,7 +415,13 @@ class CapiClient(_BaseClient):
         return token
 
     def _call(
-        self, method: str, call: str, what: str, content: bytes | None = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        call: str,
+        what: str,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+        raw: bool = False,
     ) -> Any:
         replayed = False
 
@@ -426,7 +438,7 @@ class CapiClient(_BaseClient):
                 r = self._http.request(
                     method, self._url(call), content=content, params=params, headers=self._headers(token)
                 )
-            return self._check(r, what)
+            return self._check(r, what, raw)
 
         return self._attempts(what, once)
 
@@ -466,10 +478,15 @@ class CapiClient(_BaseClient):
 
     def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
-        doc = self._call("GET", "decisions/stream", "decisions stream", params={"startup": "true"} if startup else None)
+        doc = self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup))
         if not isinstance(doc, dict):
             raise ServerError("decisions stream: CAPI's answer is not a JSON object")
         return doc
+
+    def get_stream_raw(self, startup: bool = False) -> bytes:
+        """The decisions stream's body as received, for ``capi_fast._native.parse_stream``."""
+        body: bytes = self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup), raw=True)
+        return body
 
     def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
         """Downloads a blocklist from a stream link (or its URL), honouring If-Modified-Since."""
@@ -558,7 +575,13 @@ class AsyncCapiClient(_BaseClient):
             return token
 
     async def _call(
-        self, method: str, call: str, what: str, content: bytes | None = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        call: str,
+        what: str,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+        raw: bool = False,
     ) -> Any:
         replayed = False
 
@@ -574,7 +597,7 @@ class AsyncCapiClient(_BaseClient):
                 r = await self._http.request(
                     method, self._url(call), content=content, params=params, headers=self._headers(token)
                 )
-            return self._check(r, what)
+            return self._check(r, what, raw)
 
         return await self._attempts(what, once)
 
@@ -608,11 +631,18 @@ class AsyncCapiClient(_BaseClient):
     async def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
         doc = await self._call(
-            "GET", "decisions/stream", "decisions stream", params={"startup": "true"} if startup else None
+            "GET", "decisions/stream", "decisions stream", params=_startup(startup)
         )
         if not isinstance(doc, dict):
             raise ServerError("decisions stream: CAPI's answer is not a JSON object")
         return doc
+
+    async def get_stream_raw(self, startup: bool = False) -> bytes:
+        """The decisions stream's body as received, for ``capi_fast._native.parse_stream``."""
+        body: bytes = await self._call(
+            "GET", "decisions/stream", "decisions stream", params=_startup(startup), raw=True
+        )
+        return body
 
     async def fetch_blocklist(
         self, link: dict[str, Any] | str, if_modified_since: str | float | None = None
@@ -697,6 +727,16 @@ class LapiClient(_BaseClient):
 
     def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """``GET /v1/decisions/stream``: everything with ``startup=True``, else changes since the last pull."""
+        try:
+            doc = orjson.loads(self.get_stream_raw(startup) or b"null")
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise ServerError("LAPI decisions stream: the answer is not a JSON object")
+        return doc
+
+    def get_stream_raw(self, startup: bool = False) -> bytes:
+        """The body of ``GET /v1/decisions/stream`` as received."""
         headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
 
         def once() -> Any:
@@ -705,12 +745,10 @@ class LapiClient(_BaseClient):
                 params={"startup": "true" if startup else "false"},
                 headers=headers,
             )
-            return self._check(r, "LAPI decisions stream")
+            return self._check(r, "LAPI decisions stream", raw=True)
 
-        doc = _run_attempts(self, "LAPI decisions stream", once, self._sleep)
-        if not isinstance(doc, dict):
-            raise ServerError("LAPI decisions stream: the answer is not a JSON object")
-        return doc
+        body: bytes = _run_attempts(self, "LAPI decisions stream", once, self._sleep)
+        return body
 
     def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
         """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""

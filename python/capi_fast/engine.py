@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from capi_fast._native import DecisionIndex
-from capi_fast.client import CapiClient, LapiClient
+from capi_fast._native import DecisionIndex, ParsedStream, parse_stream
+from capi_fast.client import Blocklist, CapiClient, LapiClient
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
-from capi_fast.stream import parse_go_duration, parse_stream
+from capi_fast.stream import blocklist_links, parse_go_duration
 
 __all__ = ["BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
 
@@ -60,6 +60,17 @@ class RefreshReport:
     duration: float = 0.0
     next_refresh_at: float = 0.0
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class _ListPlan:
+    """A blocklist to download: its link, the Last-Modified we hold, its ttl and remediation."""
+
+    name: str
+    link: dict[str, Any]
+    since: str | None
+    ttl: float
+    remediation: str
 
 
 @dataclass
@@ -217,81 +228,119 @@ class RemediationEngine:
         return self.state.last_refresh + self.min_interval if self.state.last_refresh else 0.0
 
     def refresh_decisions(self, force: bool = False) -> RefreshReport:
-        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch."""
-        if self.source is None:
-            raise ConfigurationError("a follower engine does not refresh: the publishing process does")
-        now = self.clock()
-        if not force and now < self.next_refresh_at:
-            return RefreshReport(performed=False, next_refresh_at=self.next_refresh_at, error="too soon")
+        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch.
+
+        The stream's raw bytes are read by the native parser (no Python objects per decision).
+        A failed stream pull changes nothing and says why in the report; the last good decisions
+        keep being served.
+        """
+        source = self._refresher()
+        refused = self._refused(force)
+        if refused is not None:
+            return refused
         started = time.perf_counter()
         startup = not self.state.startup_done
         try:
-            batch = parse_stream(self.source.get_stream_decisions(startup=startup))
+            parsed = parse_stream(source.get_stream_raw(startup=startup))
         except CapiError as e:
-            log.warning("refresh failed, still serving the previous decisions: %s", e)
-            return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
-        # The stream answer is applied even if a blocklist fails: CAPI has moved this machine's
-        # stream position, so dropping the delta would lose it. A failed list keeps its content.
-        lists_add, lists_remove, updated, removed, list_state, list_errors = self._blocklists(batch.links)
-        adds = [(v, self._mapped(t), ttl, origin) for v, t, ttl, origin in batch.add] + lists_add
-        removes = [(v, o, None if t is None else self._mapped(str(t))) for v, o, t in batch.remove] + lists_remove
-        result = self.index.apply(add=adds, remove=removes, strict=False)
+            return self._failed(startup, e)
+        plans = self._list_plans(parsed)
+        return self._commit(parsed, plans, [self._fetch(source, p) for p in plans], startup, started)
+
+    # The steps of a refresh, shared with AsyncRemediationEngine (which only awaits the I/O).
+
+    def _refresher(self) -> Any:
+        if self.source is None:
+            raise ConfigurationError("a follower engine does not refresh: the publishing process does")
+        return self.source
+
+    def _refused(self, force: bool) -> RefreshReport | None:
+        if not force and self.clock() < self.next_refresh_at:
+            return RefreshReport(performed=False, next_refresh_at=self.next_refresh_at, error="too soon")
+        return None
+
+    def _failed(self, startup: bool, e: CapiError) -> RefreshReport:
+        log.warning("refresh failed, still serving the previous decisions: %s", e)
+        return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
+
+    def _list_plans(self, parsed: ParsedStream) -> list[_ListPlan]:
+        """The blocklists to download, from the stream answer's links."""
+        links = blocklist_links(orjson.loads(parsed.links)) if parsed.links else []
+        plans = []
+        for link in links:
+            name = link.get("name")
+            if not isinstance(name, str) or not name:
+                continue
+            try:
+                ttl = parse_go_duration(str(link.get("duration", "24h")))
+            except ValueError:
+                ttl = 86400.0
+            prev = self.state.lists.get(name)
+            since = prev.get("last_modified") if prev else None
+            plans.append(_ListPlan(name, link, since, ttl, self._mapped(str(link.get("remediation", "ban")))))
+        return plans
+
+    @staticmethod
+    def _fetch(source: Any, plan: _ListPlan) -> Blocklist | CapiError:
+        try:
+            got: Blocklist = source.fetch_blocklist(plan.link, if_modified_since=plan.since)
+        except CapiError as e:
+            return e
+        return got
+
+    def _commit(
+        self,
+        parsed: ParsedStream,
+        plans: list[_ListPlan],
+        fetched: Sequence[Blocklist | CapiError],
+        startup: bool,
+        started: float,
+    ) -> RefreshReport:
+        """Applies the stream and the downloaded lists as one batch, then saves the snapshot.
+
+        The stream answer is applied even if a blocklist failed: CAPI has moved this machine's
+        stream position, so dropping the delta would lose it. A failed list keeps its content.
+        """
+        adds: list[tuple[str, str, float, str]] = []
+        removes: list[tuple[str, str | None, str | None]] = []
+        updated: list[str] = []
+        errors: list[str] = []
+        state = {name: dict(info) for name, info in self.state.lists.items()}
+        seen = {p.name for p in plans}
+        for plan, got in zip(plans, fetched):
+            if isinstance(got, CapiError):
+                log.warning("blocklist %s not refreshed (its previous content stays): %s", plan.name, got)
+                errors.append(f"blocklist {plan.name}: {got}")
+                continue
+            prev = state.get(plan.name)
+            if not got.modified and prev is not None:
+                continue
+            origin = f"lists:{plan.name}"
+            if prev is not None:
+                removes.extend((v, origin, None) for v in prev.get("values", []))
+            adds.extend((v, plan.remediation, plan.ttl, origin) for v in got.values)
+            state[plan.name] = {"last_modified": got.last_modified, "remediation": plan.remediation, "values": got.values}
+            updated.append(plan.name)
+        removed = [n for n in state if n not in seen]
+        for name in removed:
+            removes.extend((v, f"lists:{name}", None) for v in state.pop(name).get("values", []))
+        result = self.index.apply(add=adds, remove=removes, stream=parsed, fallback=self.fallback, strict=False)
         self.state.startup_done = True
-        self.state.last_refresh = now
-        self.state.lists = list_state
+        self.state.last_refresh = self.clock()
+        self.state.lists = state
         self._save()
         return RefreshReport(
             performed=True,
             startup=startup,
             added=result.added,
             deleted=result.removed,
-            skipped=batch.skipped + result.skipped,
+            skipped=result.skipped,
             lists_updated=tuple(updated),
             lists_removed=tuple(removed),
             duration=time.perf_counter() - started,
             next_refresh_at=self.next_refresh_at,
-            error="; ".join(list_errors) or None,
+            error="; ".join(errors) or None,
         )
-
-    def _blocklists(
-        self, links: list[dict[str, Any]]
-    ) -> tuple[list[Any], list[Any], list[str], list[str], dict[str, Any], list[str]]:
-        assert self.source is not None
-        adds: list[tuple[str, str, float, str]] = []
-        removes: list[tuple[str, str | None, str | None]] = []
-        updated: list[str] = []
-        errors: list[str] = []
-        state = {name: dict(info) for name, info in self.state.lists.items()}
-        seen = set()
-        for link in links:
-            name = link.get("name")
-            if not isinstance(name, str) or not name:
-                continue
-            seen.add(name)
-            prev = state.get(name)
-            try:
-                ttl = parse_go_duration(str(link.get("duration", "24h")))
-            except ValueError:
-                ttl = 86400.0
-            remediation = self._mapped(str(link.get("remediation", "ban")))
-            try:
-                got = self.source.fetch_blocklist(link, if_modified_since=prev.get("last_modified") if prev else None)
-            except CapiError as e:
-                log.warning("blocklist %s not refreshed (its previous content stays): %s", name, e)
-                errors.append(f"blocklist {name}: {e}")
-                continue
-            origin = f"lists:{name}"
-            if not got.modified and prev is not None:
-                continue
-            if prev is not None:
-                removes.extend((v, origin, None) for v in prev.get("values", []))
-            adds.extend((v, remediation, ttl, origin) for v in got.values)
-            state[name] = {"last_modified": got.last_modified, "remediation": remediation, "values": got.values}
-            updated.append(name)
-        removed = [n for n in state if n not in seen]
-        for name in removed:
-            removes.extend((v, f"lists:{name}", None) for v in state.pop(name).get("values", []))
-        return adds, removes, updated, removed, state, errors
 
     # -- persistence ---------------------------------------------------------------------------
 
