@@ -60,6 +60,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "single": ("ns per lookup(str)", 1e9),
         "batch": ("M lookups/s", None),
         "signals": ("signals/s", 0.0),
+        "stream": ("s per 1M decisions, HTTP + parse + index", 1e6),
     }
     for group, impls in RESULTS.items():
         label, scale = units.get(group.split(":")[0], ("s", 1.0))
@@ -98,6 +99,10 @@ def goals(w: Any) -> None:
     if "native" in build:
         sec = build["native"] * 1e6
         rows.append((f"add_many = {sec:.2f} s per million decisions (N={N})", sec < 0.5, "< 0.5 s"))
+    stream = RESULTS.get("stream", {})
+    if "capi_fast engine" in stream:
+        sec = stream["capi_fast engine"] * N
+        rows.append((f"startup stream of {N:,} decisions end to end = {sec:.2f} s", sec < 2 * N / 1e6, "< 2 s per 1M"))
     for peer in ("pytricia", "py-radix") if build or single else ():
         wins = [g for g, d in (("build", build), ("single", single)) if peer in d and d["native"] < d[peer]] + (
             ["memory"] if f"{peer} rss" in mem and mem["native rss"] < mem[f"{peer} rss"] else []

@@ -7,7 +7,7 @@
 use crate::bits::Bits;
 use crate::error::{Error, Result};
 use crate::parse::{Addr, Net};
-use crate::slot::{Dec, MAX_TAG, NO_RANK};
+use crate::slot::{Dec, Key, MAX_TAG, NO_KEY, NO_RANK};
 use crate::table::Table;
 use hashbrown::HashMap;
 
@@ -62,8 +62,8 @@ pub struct Index {
     /// Tag -> (origin, remediation); tag 0 is the empty slot.
     tags: Vec<(u32, u8)>,
     tag_ids: HashMap<(u32, u8), u16>,
-    /// Tag -> rank (0 is the most severe).
-    tag_rank: Vec<u16>,
+    /// Tag -> lookup key, `rank << 16 | tag` (rank 0 is the most severe).
+    tag_rank: Vec<Key>,
     /// Rank -> remediation id.
     rank_rem: Vec<u8>,
     count: usize,
@@ -94,7 +94,7 @@ impl Index {
             origin_ids: HashMap::new(),
             tags: vec![(0, 0)],
             tag_ids: HashMap::new(),
-            tag_rank: vec![NO_RANK],
+            tag_rank: vec![NO_KEY],
             rank_rem: Vec::new(),
             count: 0,
             normalized: 0,
@@ -128,7 +128,7 @@ impl Index {
             .tags
             .iter()
             .enumerate()
-            .map(|(t, &(_, r))| if t == 0 { NO_RANK } else { rem_rank[r as usize] })
+            .map(|(t, &(_, r))| if t == 0 { NO_KEY } else { (Key::from(rem_rank[r as usize]) << 16) | t as Key })
             .collect();
     }
 
@@ -240,17 +240,40 @@ impl Index {
     /// The remediation id active for `addr` at `now`, if any.
     #[inline]
     pub fn lookup(&self, addr: Addr, now: u64) -> Option<u8> {
-        let rank = match addr {
+        let key = self.key(addr, now);
+        (key != NO_KEY).then(|| self.rank_rem[(key >> 16) as usize])
+    }
+
+    #[inline]
+    fn key(&self, addr: Addr, now: u64) -> Key {
+        match addr {
             Addr::V4(a) => self.v4.best(a, now, &self.tag_rank),
             Addr::V6(a) => self.v6.best(a, now, &self.tag_rank),
-        };
-        (rank != NO_RANK).then(|| self.rank_rem[rank as usize])
+        }
+    }
+
+    /// The tag of the decision answering for `addr` at `now`: one of the most severe active
+    /// decisions covering it (the lowest tag among them), or None.
+    #[inline]
+    pub fn winner(&self, addr: Addr, now: u64) -> Option<u16> {
+        let key = self.key(addr, now);
+        (key != NO_KEY).then_some(key as u16)
+    }
+
+    /// (origin id, remediation id) of a tag.
+    pub fn tag_parts(&self, tag: u16) -> (u32, u8) {
+        self.tags[tag as usize]
+    }
+
+    /// Number of tags, the empty tag 0 included.
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
     }
 
     /// Code of `addr` for packed lookups: 0 for none, else remediation id + 1.
     #[inline]
     pub fn code<K: Bits>(&self, addr: K, now: u64) -> u8 {
-        let rank = if K::BITS == 32 {
+        let key = if K::BITS == 32 {
             self.v4.best(addr.to_u128() as u32, now, &self.tag_rank)
         } else {
             let a = addr.to_u128();
@@ -260,10 +283,10 @@ impl Index {
                 self.v6.best(a, now, &self.tag_rank)
             }
         };
-        if rank == NO_RANK {
+        if key == NO_KEY {
             0
         } else {
-            self.rank_rem[rank as usize] + 1
+            self.rank_rem[(key >> 16) as usize] + 1
         }
     }
 
@@ -331,12 +354,12 @@ impl Index {
 
     /// Each prefix of a family holding an active decision with its best rank: `(start, len, rank)`.
     pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16)> {
-        fn collect<K: Bits>(t: &Table<K>, now: u64, ranks: &[u16]) -> Vec<(u128, u8, u16)> {
+        fn collect<K: Bits>(t: &Table<K>, now: u64, keys: &[Key]) -> Vec<(u128, u8, u16)> {
             let mut out = Vec::new();
             t.for_each(|k, l, s| {
-                let r = s.best(t.sets(), now, ranks);
-                if r != NO_RANK {
-                    out.push((k.to_u128(), l, r));
+                let key = s.best(t.sets(), now, keys);
+                if key != NO_KEY {
+                    out.push((k.to_u128(), l, (key >> 16) as u16));
                 }
             });
             out

@@ -14,6 +14,11 @@ const MANY: u16 = u16::MAX;
 pub const MAX_TAG: u16 = u16::MAX - 1;
 /// Rank of "no decision"; real ranks are smaller.
 pub const NO_RANK: u16 = u16::MAX;
+/// What a lookup minimises over the covering decisions: `rank << 16 | tag`, so the most severe
+/// remediation wins and, among decisions of that rank, the lowest tag (which names the origin).
+pub type Key = u32;
+/// Key of "no decision".
+pub const NO_KEY: Key = u32::MAX;
 
 /// One decision: its expiry (Unix milliseconds) and its tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +85,14 @@ impl Slot {
         self.tag == EMPTY
     }
 
-    /// The best (smallest) rank among decisions active at `now`, or [`NO_RANK`].
+    /// The best (smallest) key among decisions active at `now`, or [`NO_KEY`]; `keys` maps tags to keys.
     #[inline]
-    pub fn best(self, sets: &Sets, now: u64, ranks: &[u16]) -> u16 {
+    pub fn best(self, sets: &Sets, now: u64, ranks: &[Key]) -> Key {
         if self.tag != MANY {
             // EMPTY has expiry 0, never active.
-            return if self.exp() > now { ranks[self.tag as usize] } else { NO_RANK };
+            return if self.exp() > now { ranks[self.tag as usize] } else { NO_KEY };
         }
-        let mut best = NO_RANK;
+        let mut best = NO_KEY;
         for d in &sets.sets[self.lo as usize] {
             if d.exp > now {
                 best = best.min(ranks[d.tag as usize]);
@@ -197,7 +202,7 @@ mod tests {
     fn single_then_many_then_single() {
         let mut sets = Sets::default();
         let mut s = Slot::default();
-        let ranks = [NO_RANK, 0, 1, 2];
+        let ranks = [NO_KEY, 0, 1, 2];
         assert!(s.is_empty());
         assert_eq!(s.upsert(&mut sets, Dec { exp: 100, tag: 2 }), None);
         assert_eq!(s.best(&sets, 50, &ranks), 1);
@@ -209,7 +214,7 @@ mod tests {
         assert_eq!(s.remove(&mut sets, |d| d.exp <= 90), 1);
         assert_eq!(s.len(&sets), 1);
         assert_eq!(s.best(&sets, 199, &ranks), 1);
-        assert_eq!(s.best(&sets, 200, &ranks), NO_RANK);
+        assert_eq!(s.best(&sets, 200, &ranks), NO_KEY);
         assert_eq!(s.remove(&mut sets, |_| true), 1);
         assert!(s.is_empty());
         assert_eq!(s.upsert(&mut sets, Dec { exp: NEVER, tag: 3 }), None);

@@ -3,7 +3,7 @@
 
 use crate::bits::Bits;
 use crate::hosts::Hosts;
-use crate::slot::{Dec, Sets, Slot, NEVER, NO_RANK};
+use crate::slot::{Dec, Key, Sets, Slot, NEVER, NO_KEY};
 use crate::trie::Trie;
 use hashbrown::HashMap;
 use std::collections::BTreeSet;
@@ -146,19 +146,19 @@ impl<K: Bits> Table<K> {
         n
     }
 
-    /// The best rank among active decisions covering `addr`.
+    /// The best key (rank, then tag) among active decisions covering `addr`.
     #[inline]
-    pub fn best(&self, addr: K, now: u64, ranks: &[u16]) -> u16 {
+    pub fn best(&self, addr: K, now: u64, ranks: &[Key]) -> Key {
         if self.ranges != 0 {
             // Start the block load now so that it overlaps the hash probe's miss.
             self.trie.warm(addr);
         }
         let mut best = match self.hosts.get(addr) {
             Some(s) => s.best(&self.sets, now, ranks),
-            None => NO_RANK,
+            None => NO_KEY,
         };
         // Rank 0 is the most severe remediation: no covering range can outrank it.
-        if best != 0 && self.ranges != 0 {
+        if best >> 16 != 0 && self.ranges != 0 {
             self.trie.covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
         }
         best

@@ -71,7 +71,9 @@ def _apply_python(index: DecisionIndex, doc: dict[str, Any]) -> Any:
 
 def _probe(index: DecisionIndex) -> list[Any]:
     addresses = ["192.0.2.1", "192.0.2.77", "10.200.0.1", "2001:db8::1", "2001:db8:0:1::5", "8.8.8.8"]
-    return [len(index)] + [index.lookup(a, now=NOW + dt) for a in addresses for dt in (0.0, 0.4, 1000.0, 4000.0, 8000.0)]
+    return [len(index)] + [
+        index.lookup(a, now=NOW + dt) for a in addresses for dt in (0.0, 0.4, 1000.0, 4000.0, 8000.0)
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,7 +132,9 @@ def test_unknown_types_take_the_fallback_and_a_stream_applies_with_other_items()
         {"new": [{"scope": "ip", "value": "192.0.2.1", "type": "tarpit", "duration": "1h", "origin": "cscli"}]}
     )
     index = DecisionIndex()
-    r = index.apply(add=[("198.51.100.1", "ban", 60.0, "lists:x")], stream=native_parse(body), fallback="captcha", now=NOW)
+    r = index.apply(
+        add=[("198.51.100.1", "ban", 60.0, "lists:x")], stream=native_parse(body), fallback="captcha", now=NOW
+    )
     assert r.added == 2
     assert index.lookup("192.0.2.1", now=NOW) == "captcha"
     assert index.lookup("198.51.100.1", now=NOW) == "ban"

@@ -630,9 +630,7 @@ class AsyncCapiClient(_BaseClient):
 
     async def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
-        doc = await self._call(
-            "GET", "decisions/stream", "decisions stream", params=_startup(startup)
-        )
+        doc = await self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup))
         if not isinstance(doc, dict):
             raise ServerError("decisions stream: CAPI's answer is not a JSON object")
         return doc

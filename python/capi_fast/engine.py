@@ -319,7 +319,11 @@ class RemediationEngine:
             if prev is not None:
                 removes.extend((v, origin, None) for v in prev.get("values", []))
             adds.extend((v, plan.remediation, plan.ttl, origin) for v in got.values)
-            state[plan.name] = {"last_modified": got.last_modified, "remediation": plan.remediation, "values": got.values}
+            state[plan.name] = {
+                "last_modified": got.last_modified,
+                "remediation": plan.remediation,
+                "values": got.values,
+            }
             updated.append(plan.name)
         removed = [n for n in state if n not in seen]
         for name in removed:

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+
 from capi_fast.signals import SCENARIO_RE, format_duration
 from capi_fast.testing import jwt
 
@@ -132,6 +134,11 @@ class CapiSimulator:
         self._decisions: dict[str, _Decision] = {}
         self._events: list[tuple[int, str, str]] = []  # (seq, "add"|"del", value)
         self._seq = 0
+        self._mutations = 0  # any change of decisions or blocklists
+        # The last startup answer, kept while nothing changed (CAPI serves startup pulls from a cache too).
+        self._startup_key: tuple[str, int, float] | None = None
+        self._startup_doc: dict[str, Any] | None = None
+        self._startup_body: bytes | None = None
         self._next_id = 1
         self._blocklists: dict[str, _Blocklist] = {}
         self._faults: list[Fault] = []
@@ -201,6 +208,7 @@ class CapiSimulator:
     ) -> None:
         """Adds community decisions (they reach each machine's next stream pull)."""
         with self._lock:
+            self._mutations += 1
             now = self.clock()
             for v in values:
                 self._seq += 1
@@ -213,6 +221,7 @@ class CapiSimulator:
     def delete_decisions(self, values: Iterable[str]) -> None:
         """Deletes community decisions (reported as ``deleted`` on the next delta pull)."""
         with self._lock:
+            self._mutations += 1
             for v in values:
                 if self._decisions.pop(v, None) is not None:
                     self._seq += 1
@@ -229,6 +238,7 @@ class CapiSimulator:
     ) -> str:
         """Adds (or replaces) a subscribed blocklist; returns its download URL."""
         with self._lock:
+            self._mutations += 1
             bid = re.sub(r"[^A-Za-z0-9_-]", "-", name)
             self._blocklists[bid] = _Blocklist(bid, name, list(values), remediation, duration, scope, self.clock())
             return f"{self.url}blocklists/{bid}/download"
@@ -236,6 +246,7 @@ class CapiSimulator:
     def remove_blocklist(self, name: str) -> None:
         """Unsubscribes a blocklist: it disappears from the stream's links."""
         with self._lock:
+            self._mutations += 1
             self._blocklists = {k: b for k, b in self._blocklists.items() if b.name != name}
 
     def fail_next(self, n: int = 1, **fault: Any) -> None:
@@ -276,9 +287,10 @@ class CapiSimulator:
         return None
 
     def _authorize(self, header: str | None) -> str | None:
-        if not header or not header.startswith("Bearer "):
+        # crowdsec sends "Bearer <jwt>"; the vendor's Python SDK (cscapi) sends the bare token.
+        if not header:
             return None
-        claims = jwt.decode(header[7:], self._secret)
+        claims = jwt.decode(header.removeprefix("Bearer "), self._secret)
         if not claims or claims.get("gen") != self._generation or float(claims.get("exp", 0)) <= self.clock():
             return None
         mid = claims.get("id")
@@ -362,7 +374,27 @@ class CapiSimulator:
     def _stream(self, machine: str, version: str, startup: bool) -> dict[str, Any]:
         w = self._watchers[machine]
         now = self.clock()
-        if startup or w.seen_seq is None:
+        full = startup or w.seen_seq is None
+        key = (version, self._mutations, now)
+        if full and self._startup_key == key and self._startup_doc is not None:
+            w.seen_seq = self._seq
+            return self._startup_doc
+        doc = self._render(w, version, now, full)
+        if full:
+            self._startup_key, self._startup_doc, self._startup_body = key, doc, None
+        return doc
+
+    def encode(self, answer: Any) -> bytes:
+        """The JSON body of an answer (the cached startup answer is encoded once)."""
+        with self._lock:
+            if answer is not None and answer is self._startup_doc:
+                if self._startup_body is None:
+                    self._startup_body = orjson.dumps(answer)
+                return self._startup_body
+        return orjson.dumps(answer)
+
+    def _render(self, w: _Watcher, version: str, now: float, full: bool) -> dict[str, Any]:
+        if full:
             new = [d for d in self._decisions.values() if d.expires > now]
             deleted: list[str] = []
         else:
@@ -530,7 +562,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.command, parts.path, parse_qs(parts.query), payload, self.headers.get("Authorization")
         )
         self._log(status, status != 401)
-        self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+        self._send(status, sim.encode(answer), {"Content-Type": "application/json"})
 
     do_GET = _serve  # noqa: N815
     do_POST = _serve  # noqa: N815
