@@ -37,6 +37,7 @@ pub mod hosts;
 pub mod index;
 pub mod parse;
 pub mod py;
+pub mod py_answers;
 pub mod py_stream;
 pub mod shared;
 pub mod slot;

@@ -5,10 +5,10 @@ use crate::export;
 use crate::index::{Index, Op};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
 use crate::py_stream::ParsedStream;
-use crate::stream::StreamOps;
 use crate::shared::Shared;
 use crate::slot::NEVER;
 use crate::snapshot;
+use crate::stream::StreamOps;
 use hashbrown::HashMap;
 use parking_lot::RwLock;
 use pyo3::buffer::PyBuffer;
@@ -28,7 +28,7 @@ pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
     }
 }
 
-fn to_py(py: Python<'_>, e: Error) -> PyErr {
+pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
     match e {
         Error::InvalidIp(m) => raise(py, "InvalidIP", m),
         Error::InvalidDecision(m) => raise(py, "InvalidDecision", m),
@@ -36,7 +36,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
-fn clock(now: Option<f64>) -> PyResult<f64> {
+pub(crate) fn clock(now: Option<f64>) -> PyResult<f64> {
     match now {
         Some(t) if t.is_finite() && t >= 0.0 => Ok(t),
         Some(t) => Err(PyValueError::new_err(format!("now must be a finite, non-negative Unix time, got {t}"))),
@@ -44,7 +44,7 @@ fn clock(now: Option<f64>) -> PyResult<f64> {
     }
 }
 
-fn ms(t: f64) -> u64 {
+pub(crate) fn ms(t: f64) -> u64 {
     ((t * 1000.0).floor().max(0.0) as u64).min(NEVER - 1)
 }
 
@@ -87,7 +87,7 @@ impl BatchResult {
 /// A thread-safe index of CrowdSec decisions answering "which remediation for this IP?".
 #[pyclass(frozen, module = "capi_fast._native", name = "DecisionIndex")]
 pub struct PyDecisionIndex {
-    inner: Shared,
+    pub(crate) inner: Shared,
     names: RwLock<Vec<Py<PyString>>>,
 }
 
@@ -138,7 +138,7 @@ struct RemoveItem {
     remediation: Option<String>,
 }
 
-fn text_of<'a, 'py>(v: &'a Bound<'py, PyAny>, what: &str) -> PyResult<&'a Bound<'py, PyString>> {
+pub(crate) fn text_of<'a, 'py>(v: &'a Bound<'py, PyAny>, what: &str) -> PyResult<&'a Bound<'py, PyString>> {
     v.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a str, got {}",
@@ -652,6 +652,8 @@ impl PyDecisionIndex {
 pub mod _native {
     #[pymodule_export]
     use super::{BatchResult, PyDecisionIndex};
+    #[pymodule_export]
+    use crate::py_answers::Remediator;
     #[pymodule_export]
     use crate::py_stream::{parse_stream, ParsedStream};
 

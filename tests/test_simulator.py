@@ -226,3 +226,26 @@ def test_runs_standalone():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cached_startup_answer_follows_changes_and_bare_tokens_are_accepted():
+    clock = Clock()
+    with CapiSimulator(clock=clock, token_lifetime=30 * 86400) as sim:
+        sim.add_decisions(["192.0.2.1"])
+        _, token = login(sim)
+
+        def startup_values(bearer: bool = True) -> list[str]:
+            req = urllib.request.Request(sim.url + "v3/decisions/stream?startup=true")
+            req.add_header("Authorization", f"Bearer {token}" if bearer else token)
+            with urllib.request.urlopen(req, timeout=5) as r:
+                doc = json.loads(r.read())
+            return sorted(d["value"] for g in doc["new"] for d in g["decisions"])
+
+        assert startup_values() == ["192.0.2.1"]
+        assert startup_values(bearer=False) == ["192.0.2.1"], "cscapi sends the bare token"
+        sim.add_decisions(["192.0.2.2"])
+        assert startup_values() == ["192.0.2.1", "192.0.2.2"]
+        sim.delete_decisions(["192.0.2.1"])
+        assert startup_values() == ["192.0.2.2"]
+        clock.now += 8 * 86400
+        assert startup_values() == [], "expired decisions leave the startup answer"

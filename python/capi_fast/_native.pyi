@@ -1,6 +1,6 @@
 """Type stubs of the native core ``capi_fast._native``."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any, final, overload
 
@@ -163,3 +163,40 @@ class DecisionIndex:
         """Like ``load``, also returning the metadata given to ``save``."""
     def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
         """The fewest CIDRs covering exactly the addresses answering ``remediation`` now."""
+
+@final
+class Remediator:
+    """The engine's per-request answer in one native call: lookup, answer table, counters.
+
+    Args:
+        index: the index to answer from.
+        answers: remediation -> answer (unlisted remediations answer as themselves).
+        clean: the answer when no active decision covers the address.
+        reload: called from ``get`` at most once per ``check_every`` seconds (snapshot followers).
+        check_every: seconds between two ``reload`` calls.
+        monotonic: clock for ``check_every`` (default: the process's monotonic clock, read natively).
+    """
+
+    def __init__(
+        self,
+        index: DecisionIndex,
+        answers: Mapping[str, str],
+        *,
+        clean: str = "bypass",
+        reload: Callable[[], object] | None = None,
+        check_every: float = 1.0,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None: ...
+    def get(self, ip: str, now: float | None = None) -> str:
+        """The answer for ``ip``, counted under the deciding decision's origin. Raises ``InvalidIP``."""
+    def set_index(self, index: DecisionIndex) -> None:
+        """Answers from ``index`` from now on; counts are kept."""
+    def set_answers(self, answers: Mapping[str, str]) -> None:
+        """Replaces the remediation -> answer table; counts are kept."""
+    @property
+    def index(self) -> DecisionIndex:
+        """The index answering."""
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Answers so far by (origin of the deciding decision or ``clean``, answer)."""
+    def take_counts(self) -> dict[tuple[str, str], int]:
+        """``counts()``, then starts again from zero."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from capi_fast._native import DecisionIndex, ParsedStream, parse_stream
+from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
 from capi_fast.client import Blocklist, CapiClient, LapiClient
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
 from capi_fast.stream import blocklist_links, parse_go_duration
@@ -110,18 +110,15 @@ class RemediationEngine:
         self.source = source
         self.priorities = list(priorities)
         self.fallback = fallback
+        self._index = DecisionIndex(self.priorities)
+        self._answer = Remediator(self._index, {}, clean=BYPASS)
         self.bouncing_level = bouncing_level
         if min_interval is None:
             min_interval = 0.0 if isinstance(source, LapiClient) else MIN_CAPI_INTERVAL
         self.min_interval = min_interval
         self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
         self.clock = clock
-        self._monotonic: Callable[[], float] = time.monotonic
-        self.index = DecisionIndex(self.priorities)
         self.state = _State()
-        self._counts: dict[tuple[str, str], int] = {}
-        self._follow_every: float | None = None
-        self._next_check = 0.0
         self._seen: tuple[int, int, int] | None = None
         if self.snapshot_path is not None and self.snapshot_path.exists():
             self._seen = self._signature()
@@ -146,9 +143,14 @@ class RemediationEngine:
         engine = cls(
             None, priorities=priorities, fallback=fallback, bouncing_level=bouncing_level, snapshot_path=snapshot_path
         )
-        engine._follow_every = check_every
-        engine._monotonic = monotonic
-        engine._next_check = monotonic() + check_every
+        engine._answer = Remediator(
+            engine.index,
+            engine._answer_table(),
+            clean=BYPASS,
+            reload=engine._reload_if_changed,
+            check_every=check_every,
+            monotonic=None if monotonic is time.monotonic else monotonic,
+        )
         return engine
 
     def _signature(self) -> tuple[int, int, int] | None:
@@ -159,12 +161,8 @@ class RemediationEngine:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _maybe_reload(self) -> None:
-        now = self._monotonic()
-        if now < self._next_check:
-            return
-        assert self._follow_every is not None
-        self._next_check = now + self._follow_every
+    def _reload_if_changed(self) -> None:
+        """Called by the native answer path at most once per check interval (followers only)."""
         sig = self._signature()
         if sig is not None and sig != self._seen:
             self._seen = sig
@@ -178,11 +176,7 @@ class RemediationEngine:
         Raises:
             InvalidIP: ``ip`` is not an IP address.
         """
-        if self._follow_every is not None:
-            self._maybe_reload()
-        answer, key = self._answers[self._lookup(ip)]
-        counts = self._counts
-        counts[key] = counts.get(key, 0) + 1
+        answer: str = self._answer.get(ip)
         return answer
 
     @property
@@ -195,12 +189,14 @@ class RemediationEngine:
         if level not in _LEVELS:
             raise ConfigurationError(f"bouncing_level must be one of {_LEVELS}, got {level!r}")
         self._bouncing_level = level
-        # One table lookup per answer instead of branching on every call.
-        table: dict[str | None, tuple[str, tuple[str, str]]] = {None: (BYPASS, ("clean", BYPASS))}
-        for rem in self.priorities:
-            answer = BYPASS if level == "disabled" else "captcha" if level == "flex" and rem == "ban" else rem
-            table[rem] = (answer, ("decisions", answer))
-        self._answers = table
+        self._answer.set_answers(self._answer_table())
+
+    def _answer_table(self) -> dict[str, str]:
+        level = self._bouncing_level
+        return {
+            rem: BYPASS if level == "disabled" else "captcha" if level == "flex" and rem == "ban" else rem
+            for rem in self.priorities
+        }
 
     @property
     def index(self) -> DecisionIndex:
@@ -210,12 +206,22 @@ class RemediationEngine:
     @index.setter
     def index(self, index: DecisionIndex) -> None:
         self._index = index
-        self._lookup = index.lookup
+        self._answer.set_index(index)
 
     @property
     def counters(self) -> dict[tuple[str, str], int]:
-        """Answers given, by (``decisions`` or ``clean``, answer)."""
-        return self._counts
+        """Answers given, by (origin of the deciding decision, answer).
+
+        ``("clean", "bypass")`` counts addresses no decision covered. These are what CrowdSec's
+        usage metrics report.
+        """
+        counts: dict[tuple[str, str], int] = self._answer.counts()
+        return counts
+
+    def take_counters(self) -> dict[tuple[str, str], int]:
+        """``counters``, then starts counting again from zero (for a periodic metrics push)."""
+        counts: dict[tuple[str, str], int] = self._answer.take_counts()
+        return counts
 
     def _mapped(self, kind: str) -> str:
         return kind if kind in self.priorities else self.fallback
@@ -307,7 +313,7 @@ class RemediationEngine:
         errors: list[str] = []
         state = {name: dict(info) for name, info in self.state.lists.items()}
         seen = {p.name for p in plans}
-        for plan, got in zip(plans, fetched):
+        for plan, got in zip(plans, fetched, strict=True):
             if isinstance(got, CapiError):
                 log.warning("blocklist %s not refreshed (its previous content stays): %s", plan.name, got)
                 errors.append(f"blocklist {plan.name}: {got}")
@@ -394,5 +400,5 @@ class RemediationEngine:
             "last_refresh": self.state.last_refresh,
             "next_refresh_at": self.next_refresh_at,
             "lists": sorted(self.state.lists),
-            "answers": {f"{o}/{r}": n for (o, r), n in sorted(self._counts.items())},
+            "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
         }

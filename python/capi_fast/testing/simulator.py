@@ -379,7 +379,7 @@ class CapiSimulator:
         if full and self._startup_key == key and self._startup_doc is not None:
             w.seen_seq = self._seq
             return self._startup_doc
-        doc = self._render(w, version, now, full)
+        doc = self._render(w, version, now, None if full else w.seen_seq)
         if full:
             self._startup_key, self._startup_doc, self._startup_body = key, doc, None
         return doc
@@ -393,14 +393,15 @@ class CapiSimulator:
                 return self._startup_body
         return orjson.dumps(answer)
 
-    def _render(self, w: _Watcher, version: str, now: float, full: bool) -> dict[str, Any]:
-        if full:
+    def _render(self, w: _Watcher, version: str, now: float, since: int | None) -> dict[str, Any]:
+        """The stream answer: everything (``since`` None) or the changes after event ``since``."""
+        if since is None:
             new = [d for d in self._decisions.values() if d.expires > now]
             deleted: list[str] = []
         else:
             changed: dict[str, str] = {}
             for seq, kind, value in self._events:
-                if seq > w.seen_seq:
+                if seq > since:
                     changed[value] = kind
             new = [self._decisions[v] for v, k in changed.items() if k == "add" and v in self._decisions]
             new = [d for d in new if d.expires > now]
