@@ -17,6 +17,7 @@ import pytest
 
 from benchsupport import EXTRA, SEED, N, record
 from capi_fast import DecisionIndex
+from capi_fast.engine import RemediationEngine
 from capi_fast.reference import ReferenceIndex
 
 NOW = 1_800_000_000.0
@@ -95,6 +96,19 @@ def test_single_lookup(benchmark, built, queries, impl):
     fn = single_loop(impl, built[impl], q)
     benchmark.pedantic(fn, rounds=3 if impl == "reference" else 10, iterations=1)
     record(benchmark, "single", impl, len(q))
+
+
+@pytest.mark.parametrize("path", ["DecisionIndex.lookup", "get_ip_remediation"])
+def test_engine_answer(benchmark, built, queries, path):
+    """The engine's per-request call against the bare index lookup, both at the current time."""
+    engine = RemediationEngine(None)
+    engine.index = built["native"]
+    get = engine.get_ip_remediation if path == "get_ip_remediation" else built["native"].lookup
+    benchmark.pedantic(lambda: [get(ip) for ip in queries], rounds=10, iterations=1)
+    record(benchmark, "engine", path, len(queries))
+    if path == "get_ip_remediation":
+        total = sum(engine.counters.values())
+        assert total > 0 and total % len(queries) == 0, "every call counted once"
 
 
 def test_answers_agree(built, queries):

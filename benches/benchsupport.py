@@ -61,6 +61,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "batch": ("M lookups/s", None),
         "signals": ("signals/s", 0.0),
         "stream": ("s per 1M decisions, HTTP + parse + index", 1e6),
+        "engine": ("ns per call", 1e9),
     }
     for group, impls in RESULTS.items():
         label, scale = units.get(group.split(":")[0], ("s", 1.0))
@@ -99,6 +100,10 @@ def goals(w: Any) -> None:
     if "native" in build:
         sec = build["native"] * 1e6
         rows.append((f"add_many = {sec:.2f} s per million decisions (N={N})", sec < 0.5, "< 0.5 s"))
+    engine = RESULTS.get("engine", {})
+    if len(engine) == 2:
+        r = engine["get_ip_remediation"] / engine["DecisionIndex.lookup"]
+        rows.append((f"get_ip_remediation / DecisionIndex.lookup = {r:.2f}x", r <= 1.3, "<= 1.3x"))
     stream = RESULTS.get("stream", {})
     if "capi_fast engine" in stream:
         sec = stream["capi_fast engine"] * N

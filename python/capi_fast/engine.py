@@ -170,14 +170,20 @@ class RemediationEngine:
 
     # -- answers -------------------------------------------------------------------------------
 
-    def get_ip_remediation(self, ip: str) -> str:
-        """``ban``, ``captcha`` (or another listed remediation) or ``bypass`` for ``ip``.
+    #: ``get_ip_remediation(ip)`` -> ``ban``, ``captcha`` (or another listed remediation) or
+    #: ``bypass``; raises ``InvalidIP`` for a malformed address. It is the native
+    #: ``Remediator.get`` bound to this engine (no Python frame on the request path): the answer
+    #: follows the bouncing level and is counted under the deciding decision's origin.
+    get_ip_remediation: Callable[[str], str]
 
-        Raises:
-            InvalidIP: ``ip`` is not an IP address.
-        """
-        answer: str = self._answer.get(ip)
-        return answer
+    @property
+    def _answer(self) -> Remediator:
+        return self._remediator
+
+    @_answer.setter
+    def _answer(self, remediator: Remediator) -> None:
+        self._remediator = remediator
+        self.get_ip_remediation = remediator.get
 
     @property
     def bouncing_level(self) -> str:
