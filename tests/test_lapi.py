@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from capi_fast.client import LapiClient
+from capi_fast.async_engine import AsyncRemediationEngine
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import AuthenticationError
+from capi_fast.lapi import AsyncLapiClient, LapiClient
 from crowdsec_support import CSCLI, require_crowdsec, running, wait_for, write_config
 
 require_crowdsec()
@@ -61,6 +63,16 @@ def test_engine_follows_cscli_decisions(lapi):
         assert engine.get_ip_remediation("2001:db8:1::5") == "ban"
         assert engine.get_ip_remediation("192.0.2.11") == "captcha", "unknown type -> fallback"
         assert engine.get_ip_remediation("203.0.113.1") == "bypass"
+        assert engine.counters == {("cscli", "ban"): 2, ("cscli", "captcha"): 2, ("clean", "bypass"): 1}
+
+        async def async_twin() -> list[str]:
+            async with AsyncLapiClient(url, key) as aclient:
+                twin = AsyncRemediationEngine(aclient)
+                report = await twin.refresh_decisions()
+                assert report.performed and report.startup and report.added == 4, report
+                return [twin.get_ip_remediation(ip) for ip in ("192.0.2.10", "198.51.100.1", "192.0.2.11", "10.0.0.1")]
+
+        assert asyncio.run(async_twin()) == ["ban", "captcha", "captcha", "bypass"]
 
         run(config, "decisions", "delete", "--ip", "192.0.2.10")
         run(config, "decisions", "delete", "--range", "198.51.100.0/24")

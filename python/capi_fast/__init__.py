@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
-from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient, LapiClient
+from capi_fast.async_engine import AsyncRemediationEngine
+from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient
 from capi_fast.engine import RefreshReport, RemediationEngine
 from capi_fast.errors import (
     AuthenticationError,
@@ -23,6 +24,7 @@ from capi_fast.errors import (
     SnapshotError,
     StorageError,
 )
+from capi_fast.lapi import AsyncLapiClient, LapiClient
 from capi_fast.signals import Signal
 from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
@@ -30,6 +32,8 @@ __all__ = [
     "DEV_URL",
     "PROD_URL",
     "AsyncCapiClient",
+    "AsyncLapiClient",
+    "AsyncRemediationEngine",
     "AuthenticationError",
     "BatchResult",
     "Blocklist",

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capi_fast.client import PROD_URL, CapiClient, LapiClient
+from capi_fast.client import PROD_URL, CapiClient
 from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import CapiFastError
 from capi_fast.export import FORMATS, render
+from capi_fast.lapi import LapiClient
 from capi_fast.storage import FileStorage
 
 __all__ = ["main"]

@@ -50,7 +50,7 @@ from capi_fast.storage import Credentials, MemoryStorage, Storage, Token, genera
 if TYPE_CHECKING:
     from capi_fast.batcher import AsyncSignalBatcher, SignalBatcher
 
-__all__ = ["DEV_URL", "MAX_SIGNALS_PER_CALL", "PROD_URL", "AsyncCapiClient", "Blocklist", "CapiClient", "LapiClient"]
+__all__ = ["DEV_URL", "MAX_SIGNALS_PER_CALL", "PROD_URL", "AsyncCapiClient", "Blocklist", "CapiClient"]
 
 log = logging.getLogger("capi_fast.client")
 
@@ -334,6 +334,19 @@ def _run_attempts(client: _BaseClient, what: str, fn: Callable[[], Any], sleep: 
     raise AssertionError("unreachable")
 
 
+async def _run_attempts_async(
+    client: _BaseClient, what: str, fn: Callable[[], Awaitable[Any]], sleep: Callable[[float], Awaitable[None]]
+) -> Any:
+    """Awaits ``fn`` with the client's retry policy (the async clients' shared loop)."""
+    for attempt in range(client.retries + 1):
+        try:
+            return await fn()
+        except (_Retry, httpx.TransportError) as e:
+            delay = client._failed(what, e, attempt)
+        await sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def _spool_path(storage: Storage) -> Path | None:
     directory = getattr(storage, "directory", None)
     return Path(directory) / "signals.spool" if directory is not None else None
@@ -543,13 +556,7 @@ class AsyncCapiClient(_BaseClient):
         await self.aclose()
 
     async def _attempts(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                return await fn()
-            except (_Retry, httpx.TransportError) as e:
-                delay = self._failed(what, e, attempt)
-            await self._sleep(delay)
-        raise AssertionError("unreachable")
+        return await _run_attempts_async(self, what, fn, self._sleep)
 
     async def _post_public(self, call: str, body: dict[str, Any], what: str) -> Any:
         async def once() -> Any:
@@ -671,83 +678,3 @@ class AsyncCapiClient(_BaseClient):
     async def push_metrics(self, metrics: dict[str, Any]) -> None:
         """Sends usage metrics."""
         await self._call("POST", "metrics", "push metrics", content=orjson.dumps(metrics))
-
-
-class LapiClient(_BaseClient):
-    """A bouncer's client of CrowdSec's Local API: the decisions stream with an API key.
-
-    A ``RemediationEngine`` can take its decisions from a LAPI instead of CAPI, so a fleet shares
-    one CrowdSec deployment. Same retry policy and errors as ``CapiClient``.
-
-    Args:
-        base_url: the LAPI, e.g. ``http://127.0.0.1:8080/``.
-        api_key: a bouncer key from ``cscli bouncers add``; never logged.
-        user_agent: your product and version.
-        timeout: seconds per HTTP call.
-        retries: retries of a transient failure.
-        transport: an httpx transport.
-        sleep: how to wait between retries.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        user_agent: str = "capi-fast-bouncer",
-        timeout: float = 10.0,
-        retries: int = 2,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        **config: Any,
-    ) -> None:
-        if not isinstance(api_key, str) or not api_key or any(c in api_key for c in "\r\n"):
-            raise ConfigurationError("api_key is required: create one with `cscli bouncers add NAME`")
-        super().__init__(
-            user_agent=user_agent, scenarios=[], base_url=base_url, timeout=timeout, retries=retries, **config
-        )
-        self._api_key = api_key
-        self._sleep = sleep
-        self._http = httpx.Client(timeout=self.timeout, transport=transport, follow_redirects=False)
-
-    def __repr__(self) -> str:
-        return f"LapiClient(base_url={self.base_url!r})"
-
-    def close(self) -> None:
-        """Closes the connection pool."""
-        self._http.close()
-
-    def __enter__(self) -> LapiClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
-        """``GET /v1/decisions/stream``: everything with ``startup=True``, else changes since the last pull."""
-        try:
-            doc = orjson.loads(self.get_stream_raw(startup) or b"null")
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise ServerError("LAPI decisions stream: the answer is not a JSON object")
-        return doc
-
-    def get_stream_raw(self, startup: bool = False) -> bytes:
-        """The body of ``GET /v1/decisions/stream`` as received."""
-        headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
-
-        def once() -> Any:
-            r = self._http.get(
-                f"{self.base_url}v1/decisions/stream",
-                params={"startup": "true" if startup else "false"},
-                headers=headers,
-            )
-            return self._check(r, "LAPI decisions stream", raw=True)
-
-        body: bytes = _run_attempts(self, "LAPI decisions stream", once, self._sleep)
-        return body
-
-    def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
-        """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
-        raise CapiError("a LAPI stream has no blocklist links")

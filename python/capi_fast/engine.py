@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import orjson
 
 from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
-from capi_fast.client import Blocklist, CapiClient, LapiClient
+from capi_fast.client import Blocklist, CapiClient
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
+from capi_fast.lapi import AsyncLapiClient, LapiClient
 from capi_fast.stream import blocklist_links, parse_go_duration
 
 __all__ = ["BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
+# The async twin, AsyncRemediationEngine, lives in capi_fast.async_engine.
 
 log = logging.getLogger("capi_fast.engine")
 
@@ -81,11 +84,14 @@ class _State:
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-class RemediationEngine:
-    """Remediation answers from a CAPI or LAPI source, with blocklists, persistence and counters.
+_Source = TypeVar("_Source")
+
+
+class _Engine(Generic[_Source]):
+    """What ``RemediationEngine`` and ``AsyncRemediationEngine`` share: everything but the I/O.
 
     Args:
-        source: a ``CapiClient`` or a ``LapiClient``.
+        source: the client decisions come from (None for a follower).
         priorities: remediations from most to least severe (default ban > captcha).
         fallback: what an unknown decision type becomes (default captcha, as CrowdSec's PHP engine).
         bouncing_level: ``normal``; ``flex`` (ban becomes captcha); ``disabled`` (always bypass).
@@ -96,7 +102,7 @@ class RemediationEngine:
 
     def __init__(
         self,
-        source: CapiClient | LapiClient | None,
+        source: _Source | None,
         *,
         priorities: Sequence[str] = ("ban", "captcha"),
         fallback: str = "captcha",
@@ -114,11 +120,12 @@ class RemediationEngine:
         self._answer = Remediator(self._index, {}, clean=BYPASS)
         self.bouncing_level = bouncing_level
         if min_interval is None:
-            min_interval = 0.0 if isinstance(source, LapiClient) else MIN_CAPI_INTERVAL
+            min_interval = 0.0 if isinstance(source, LapiClient | AsyncLapiClient) else MIN_CAPI_INTERVAL
         self.min_interval = min_interval
         self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
         self.clock = clock
         self.state = _State()
+        self._refreshing = threading.Lock()  # one refresh at a time (the async engine uses its own lock)
         self._seen: tuple[int, int, int] | None = None
         if self.snapshot_path is not None and self.snapshot_path.exists():
             self._seen = self._signature()
@@ -134,7 +141,7 @@ class RemediationEngine:
         bouncing_level: str = "normal",
         check_every: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
-    ) -> RemediationEngine:
+    ) -> Self:
         """A read-only engine for extra workers, answering from another process's snapshot.
 
         It reloads the snapshot when it changes (one ``stat`` at most every ``check_every``
@@ -239,29 +246,9 @@ class RemediationEngine:
         """Unix time before which ``refresh_decisions()`` refuses without ``force``."""
         return self.state.last_refresh + self.min_interval if self.state.last_refresh else 0.0
 
-    def refresh_decisions(self, force: bool = False) -> RefreshReport:
-        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch.
-
-        The stream's raw bytes are read by the native parser (no Python objects per decision).
-        A failed stream pull changes nothing and says why in the report; the last good decisions
-        keep being served.
-        """
-        source = self._refresher()
-        refused = self._refused(force)
-        if refused is not None:
-            return refused
-        started = time.perf_counter()
-        startup = not self.state.startup_done
-        try:
-            parsed = parse_stream(source.get_stream_raw(startup=startup))
-        except CapiError as e:
-            return self._failed(startup, e)
-        plans = self._list_plans(parsed)
-        return self._commit(parsed, plans, [self._fetch(source, p) for p in plans], startup, started)
-
     # The steps of a refresh, shared with AsyncRemediationEngine (which only awaits the I/O).
 
-    def _refresher(self) -> Any:
+    def _refresher(self) -> _Source:
         if self.source is None:
             raise ConfigurationError("a follower engine does not refresh: the publishing process does")
         return self.source
@@ -291,14 +278,6 @@ class RemediationEngine:
             since = prev.get("last_modified") if prev else None
             plans.append(_ListPlan(name, link, since, ttl, self._mapped(str(link.get("remediation", "ban")))))
         return plans
-
-    @staticmethod
-    def _fetch(source: Any, plan: _ListPlan) -> Blocklist | CapiError:
-        try:
-            got: Blocklist = source.fetch_blocklist(plan.link, if_modified_since=plan.since)
-        except CapiError as e:
-            return e
-        return got
 
     def _commit(
         self,
@@ -408,3 +387,45 @@ class RemediationEngine:
             "lists": sorted(self.state.lists),
             "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
         }
+
+
+class RemediationEngine(_Engine[CapiClient | LapiClient]):
+    """Remediation answers from a CAPI or LAPI source, with blocklists, persistence and counters.
+
+    Args:
+        source: a ``CapiClient`` or a ``LapiClient`` (None: see ``follow``).
+        priorities: remediations from most to least severe (default ban > captcha).
+        fallback: what an unknown decision type becomes (default captcha, as CrowdSec's PHP engine).
+        bouncing_level: ``normal``; ``flex`` (ban becomes captcha); ``disabled`` (always bypass).
+        min_interval: seconds between refreshes (default: the vendor's 2 hours for CAPI, none for LAPI).
+        snapshot_path: where to save the index and stream state after each refresh.
+        clock: Unix time source.
+    """
+
+    def refresh_decisions(self, force: bool = False) -> RefreshReport:
+        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch.
+
+        The stream's raw bytes are read by the native parser (no Python objects per decision).
+        A failed stream pull changes nothing and says why in the report; the last good decisions
+        keep being served.
+        """
+        source = self._refresher()
+        with self._refreshing:
+            refused = self._refused(force)
+            if refused is not None:
+                return refused
+            started = time.perf_counter()
+            startup = not self.state.startup_done
+            try:
+                parsed = parse_stream(source.get_stream_raw(startup=startup))
+            except CapiError as e:
+                return self._failed(startup, e)
+            plans = self._list_plans(parsed)
+            return self._commit(parsed, plans, [self._fetch(source, p) for p in plans], startup, started)
+
+    @staticmethod
+    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | CapiError:
+        try:
+            return source.fetch_blocklist(plan.link, if_modified_since=plan.since)
+        except CapiError as e:
+            return e

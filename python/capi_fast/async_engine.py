@@ -1,0 +1,60 @@
+"""``AsyncRemediationEngine``: the asyncio twin of ``RemediationEngine`` for async servers.
+
+Same answers, rules, persistence and counters (they are shared); the refresh awaits its I/O,
+downloads the blocklists concurrently, and runs the CPU-heavy steps (reading the stream, applying
+the batch, writing the snapshot) in a worker thread: the native core releases the GIL there, so
+the event loop keeps serving ``get_ip_remediation`` while a million decisions are applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from capi_fast._native import parse_stream
+from capi_fast.client import AsyncCapiClient, Blocklist
+from capi_fast.engine import RefreshReport, _Engine, _ListPlan
+from capi_fast.errors import CapiError
+from capi_fast.lapi import AsyncLapiClient
+
+__all__ = ["AsyncRemediationEngine"]
+
+
+class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
+    """Remediation answers from an ``AsyncCapiClient`` or ``AsyncLapiClient``.
+
+    Arguments and answers are ``RemediationEngine``'s; only ``refresh_decisions`` is awaited.
+    ``get_ip_remediation`` stays a plain (native, non-blocking) call.
+    """
+
+    async def refresh_decisions(self, force: bool = False) -> RefreshReport:
+        """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch."""
+        source = self._refresher()
+        async with self._async_lock():
+            refused = self._refused(force)
+            if refused is not None:
+                return refused
+            started = time.perf_counter()
+            startup = not self.state.startup_done
+            try:
+                body = await source.get_stream_raw(startup=startup)
+                parsed = await asyncio.to_thread(parse_stream, body)
+            except CapiError as e:
+                return self._failed(startup, e)
+            plans = self._list_plans(parsed)
+            fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans))
+            return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started)
+
+    def _async_lock(self) -> asyncio.Lock:
+        # Created on first use, inside the running loop.
+        lock: asyncio.Lock | None = getattr(self, "_alock", None)
+        if lock is None:
+            lock = self._alock = asyncio.Lock()
+        return lock
+
+    @staticmethod
+    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | CapiError:
+        try:
+            return await source.fetch_blocklist(plan.link, if_modified_since=plan.since)
+        except CapiError as e:
+            return e

@@ -1,0 +1,167 @@
+"""Clients of CrowdSec's Local API (LAPI) for bouncers: the decisions stream with an API key.
+
+A ``RemediationEngine`` can take its decisions from a LAPI instead of CAPI, so a fleet shares one
+CrowdSec deployment. ``LapiClient`` and ``AsyncLapiClient`` share the rules (headers, retry policy,
+errors) with the CAPI clients; the async one only awaits the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from capi_fast.client import Blocklist, _BaseClient, _run_attempts, _run_attempts_async
+from capi_fast.errors import CapiError, ConfigurationError, ServerError
+
+__all__ = ["AsyncLapiClient", "LapiClient"]
+
+_WHAT = "LAPI decisions stream"
+
+
+class _LapiRules(_BaseClient):
+    """What both LAPI clients share: the key check, the request, the answer checks."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        user_agent: str = "capi-fast-bouncer",
+        timeout: float = 10.0,
+        retries: int = 2,
+        **config: Any,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key or any(c in api_key for c in "\r\n"):
+            raise ConfigurationError("api_key is required: create one with `cscli bouncers add NAME`")
+        super().__init__(
+            user_agent=user_agent, scenarios=[], base_url=base_url, timeout=timeout, retries=retries, **config
+        )
+        self._api_key = api_key
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _request(self, startup: bool) -> tuple[str, dict[str, str], dict[str, str]]:
+        headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
+        return f"{self.base_url}v1/decisions/stream", {"startup": "true" if startup else "false"}, headers
+
+    @staticmethod
+    def _document(body: bytes) -> dict[str, Any]:
+        try:
+            doc = orjson.loads(body or b"null")
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise ServerError(f"{_WHAT}: the answer is not a JSON object")
+        return doc
+
+    @staticmethod
+    def _no_blocklists() -> CapiError:
+        return CapiError("a LAPI stream has no blocklist links")
+
+
+class LapiClient(_LapiRules):
+    """A bouncer's client of CrowdSec's Local API. Same retry policy and errors as ``CapiClient``.
+
+    Args:
+        base_url: the LAPI, e.g. ``http://127.0.0.1:8080/``.
+        api_key: a bouncer key from ``cscli bouncers add``; never logged.
+        user_agent: your product and version.
+        timeout: seconds per HTTP call.
+        retries: retries of a transient failure.
+        transport: an httpx transport.
+        sleep: how to wait between retries.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        **config: Any,
+    ) -> None:
+        super().__init__(base_url, api_key, **config)
+        self._sleep = sleep
+        self._http = httpx.Client(timeout=self.timeout, transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> LapiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
+        """``GET /v1/decisions/stream``: everything with ``startup=True``, else changes since the last pull."""
+        return self._document(self.get_stream_raw(startup))
+
+    def get_stream_raw(self, startup: bool = False) -> bytes:
+        """The body of ``GET /v1/decisions/stream`` as received."""
+        url, params, headers = self._request(startup)
+
+        def once() -> Any:
+            return self._check(self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+
+        body: bytes = _run_attempts(self, _WHAT, once, self._sleep)
+        return body
+
+    def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
+        """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
+        raise self._no_blocklists()
+
+
+class AsyncLapiClient(_LapiRules):
+    """The asyncio twin of ``LapiClient``: same arguments, same methods, awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **config: Any,
+    ) -> None:
+        super().__init__(base_url, api_key, **config)
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        """Closes the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncLapiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
+        """``GET /v1/decisions/stream``: everything with ``startup=True``, else changes since the last pull."""
+        return self._document(await self.get_stream_raw(startup))
+
+    async def get_stream_raw(self, startup: bool = False) -> bytes:
+        """The body of ``GET /v1/decisions/stream`` as received."""
+        url, params, headers = self._request(startup)
+
+        async def once() -> Any:
+            return self._check(await self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+
+        body: bytes = await _run_attempts_async(self, _WHAT, once, self._sleep)
+        return body
+
+    async def fetch_blocklist(
+        self, link: dict[str, Any] | str, if_modified_since: str | float | None = None
+    ) -> Blocklist:
+        """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
+        raise self._no_blocklists()
