@@ -130,6 +130,9 @@ impl Index {
             .enumerate()
             .map(|(t, &(_, r))| if t == 0 { NO_KEY } else { (Key::from(rem_rank[r as usize]) << 16) | t as Key })
             .collect();
+        // The block summaries hold keys: they follow the new ranks.
+        self.v4.summarize(&self.tag_rank);
+        self.v6.summarize(&self.tag_rank);
     }
 
     /// The id of remediation `name`, interned on first use.
@@ -232,8 +235,8 @@ impl Index {
             }
         }
         self.count = self.count + added - removed;
-        self.v4.finish();
-        self.v6.finish();
+        self.v4.finish(&self.tag_rank);
+        self.v6.finish(&self.tag_rank);
         (added, removed)
     }
 
@@ -332,8 +335,8 @@ impl Index {
         let (a, done4) = self.v4.purge(now, budget);
         let (b, done6) = if a < budget { self.v6.purge(now, budget - a) } else { (0, false) };
         self.count -= a + b;
-        self.v4.finish();
-        self.v6.finish();
+        self.v4.finish(&self.tag_rank);
+        self.v6.finish(&self.tag_rank);
         (a + b, done4 && done6)
     }
 

@@ -109,9 +109,31 @@ impl<K: Bits> Table<K> {
         }
     }
 
-    /// Rebuilds derived lookup tables after a batch of changes.
-    pub fn finish(&mut self) {
-        self.trie.finish();
+    /// Rebuilds derived lookup tables after a batch of changes; `keys` maps tags to lookup keys.
+    pub fn finish(&mut self, keys: &[Key]) {
+        if self.trie.finish() {
+            self.summarize(keys);
+        }
+    }
+
+    /// Rebuilds every block's summary of its covering short prefixes (after the short prefixes
+    /// or the tag keys changed): the best key and until when a decision with it stays active.
+    pub fn summarize(&mut self, keys: &[Key]) {
+        for b in 0..self.trie.block_count() {
+            let (mut best, mut until) = (NO_KEY, 0u64);
+            for s in self.trie.short_run(b) {
+                s.for_each(&self.sets, |d| {
+                    let k = keys[d.tag as usize];
+                    if k < best {
+                        (best, until) = (k, d.exp);
+                    } else if k == best {
+                        until = until.max(d.exp);
+                    }
+                });
+            }
+            let until = if best == NO_KEY { u32::MAX } else { (until / 1000).min(u64::from(u32::MAX)) as u32 };
+            self.trie.set_summary(b, best, until);
+        }
     }
 
     /// Adds decision `d` on `key/len`, or refreshes its expiry. Returns true if it is new.
@@ -149,17 +171,28 @@ impl<K: Bits> Table<K> {
     /// The best key (rank, then tag) among active decisions covering `addr`.
     #[inline]
     pub fn best(&self, addr: K, now: u64, ranks: &[Key]) -> Key {
-        if self.ranges != 0 {
-            // Start the block load now so that it overlaps the hash probe's miss.
-            self.trie.warm(addr);
-        }
-        let mut best = match self.hosts.get(addr) {
-            Some(s) => s.best(&self.sets, now, ranks),
-            None => NO_KEY,
+        let host = |best: &mut Key| {
+            if let Some(s) = self.hosts.get(addr) {
+                *best = (*best).min(s.best(&self.sets, now, ranks));
+            }
         };
-        // Rank 0 is the most severe remediation: no covering range can outrank it.
-        if best >> 16 != 0 && self.ranges != 0 {
-            self.trie.covering(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
+        let mut best = NO_KEY;
+        if self.ranges == 0 {
+            host(&mut best);
+            return best;
+        }
+        // The block entry first: when the short prefixes covering the whole /16 already give
+        // the most severe remediation (rank 0), neither the host table nor the block's trie can
+        // outrank it, and their cache misses are saved.
+        let short = self.trie.short_best(addr, now);
+        match short {
+            Some(k) if k >> 16 == 0 => return k,
+            Some(k) => best = k,
+            None => self.trie.covering_short(addr, |s| best = best.min(s.best(&self.sets, now, ranks))),
+        }
+        host(&mut best);
+        if best >> 16 != 0 {
+            self.trie.covering_long(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
         }
         best
     }

@@ -15,7 +15,7 @@
 //! | visit every prefix covering an address | O(short-trie depth + block-trie depth) |
 
 use crate::bits::Bits;
-use crate::slot::Slot;
+use crate::slot::{Key, Slot, NO_KEY};
 
 const NIL: u32 = u32::MAX;
 
@@ -54,9 +54,14 @@ struct Block {
     root: u32,
     /// Start of the block's run in `short_slots`.
     short: u32,
+    /// The best lookup key among the decisions of the short prefixes covering the block...
+    best: Key,
+    /// ...which holds while `now` (ms) is below `until * 1000`: a decision with that key is
+    /// active until then, and decisions only expire between two summaries.
+    until: u32,
 }
 
-const NO_BLOCK: Block = Block { root: NIL, short: 0 };
+const NO_BLOCK: Block = Block { root: NIL, short: 0, best: NO_KEY, until: u32::MAX };
 
 impl<K: Bits> Default for Trie<K> {
     fn default() -> Self {
@@ -242,14 +247,55 @@ impl<K: Bits> Trie<K> {
     /// Calls `f` on the slot of every stored prefix covering `addr`, shortest first.
     #[inline]
     pub fn covering(&self, addr: K, mut f: impl FnMut(Slot)) {
-        debug_assert!(!self.short_dirty, "Trie::finish not called after a change");
-        let b = addr.top16();
-        if let (Some(blk), Some(next)) = (self.blocks.get(b), self.blocks.get(b + 1)) {
-            for s in &self.short_slots[blk.short as usize..next.short as usize] {
-                f(*s);
-            }
+        self.covering_short(addr, &mut f);
+        self.covering_long(addr, f);
+    }
+
+    /// Calls `f` on the slot of every prefix shorter than /16 covering `addr`.
+    #[inline]
+    pub fn covering_short(&self, addr: K, mut f: impl FnMut(Slot)) {
+        self.short_run(addr.top16()).iter().for_each(|s| f(*s));
+    }
+
+    /// Calls `f` on the slot of every prefix of /16 or longer covering `addr`.
+    #[inline]
+    pub fn covering_long(&self, addr: K, mut f: impl FnMut(Slot)) {
+        if let Some(blk) = self.blocks.get(addr.top16()) {
             self.walk(blk.root, addr, &mut f);
         }
+    }
+
+    /// The copies of the short slots covering block `b`.
+    #[inline]
+    pub fn short_run(&self, b: usize) -> &[Slot] {
+        debug_assert!(!self.short_dirty, "Trie::finish not called after a change");
+        match (self.blocks.get(b), self.blocks.get(b + 1)) {
+            (Some(blk), Some(next)) => &self.short_slots[blk.short as usize..next.short as usize],
+            _ => &[],
+        }
+    }
+
+    /// The best key of the short prefixes covering `addr` at `now` (ms) if the block's summary
+    /// answers it (`NO_KEY` when none covers it); None when the short slots must be read.
+    #[inline]
+    pub fn short_best(&self, addr: K, now: u64) -> Option<Key> {
+        match self.blocks.get(addr.top16()) {
+            Some(blk) if now < u64::from(blk.until) * 1000 => Some(blk.best),
+            Some(_) => None,
+            None => Some(NO_KEY),
+        }
+    }
+
+    /// Number of /16 blocks with an entry (0 before the first range).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len().saturating_sub(1)
+    }
+
+    /// Stores block `b`'s summary (see [`Block`]).
+    pub fn set_summary(&mut self, b: usize, best: Key, until: u32) {
+        let blk = &mut self.blocks[b];
+        blk.best = best;
+        blk.until = until;
     }
 
     /// Loads what a lookup of `addr` will read first (its block entry).
@@ -270,17 +316,18 @@ impl<K: Bits> Trie<K> {
         }
     }
 
-    /// Rebuilds the per-block copies of covering short slots if the short trie changed.
-    /// Costs one short-trie walk per /16 block (65,536 walks), so only batches that touch a
-    /// prefix shorter than /16 pay it.
-    pub fn finish(&mut self) {
+    /// Rebuilds the per-block copies of covering short slots if the short trie changed, and
+    /// says whether it did (the block summaries must then be rebuilt too). Costs one short-trie
+    /// walk per /16 block (65,536 walks), so only batches that touch a prefix shorter than /16
+    /// pay it.
+    pub fn finish(&mut self) -> bool {
         if !self.short_dirty {
-            return;
+            return false;
         }
         self.short_dirty = false;
         self.short_slots.clear();
         if self.short == NIL && self.blocks.is_empty() {
-            return;
+            return false;
         }
         self.ensure_blocks();
         for b in 0..1usize << 16 {
@@ -299,6 +346,7 @@ impl<K: Bits> Trie<K> {
             }
         }
         self.blocks[1 << 16].short = self.short_slots.len() as u32;
+        true
     }
 
     #[inline]
