@@ -293,22 +293,43 @@ impl Index {
         }
     }
 
-    /// Codes of many IPv4 addresses, warming each group's cache lines before probing them.
+    /// Codes of many IPv4 addresses, by groups: first the ones their block's summary settles
+    /// (a small, cache-resident array), then, for the rest, the cache lines of their host-table
+    /// probes and block tries are loaded together before any is probed.
     pub fn codes_v4(&self, addrs: impl ExactSizeIterator<Item = u32>, now: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(addrs.len());
+        let mut out = vec![0u8; addrs.len()];
         let mut group = [0u32; WARM_GROUP];
-        let mut n = 0;
+        let (mut n, mut base) = (0, 0);
+        let code_of = |key: Key| self.rank_rem[(key >> 16) as usize] + 1;
+        let run = |group: &[u32], out: &mut [u8]| {
+            let mut pending = [0u8; WARM_GROUP];
+            let mut np = 0;
+            for (i, &a) in group.iter().enumerate() {
+                match self.v4.settled(a, now) {
+                    Some(key) => out[i] = code_of(key),
+                    None => {
+                        pending[np] = i as u8;
+                        np += 1;
+                    }
+                }
+            }
+            let pending = &pending[..np];
+            pending.iter().for_each(|&i| self.v4.warm(group[i as usize]));
+            pending.iter().for_each(|&i| self.v4.warm_root(group[i as usize]));
+            for &i in pending {
+                out[i as usize] = self.code(group[i as usize], now);
+            }
+        };
         for a in addrs {
             group[n] = a;
             n += 1;
             if n == WARM_GROUP {
-                group.iter().for_each(|&a| self.v4.warm(a));
-                group.iter().for_each(|&a| self.v4.warm_root(a));
-                out.extend(group.iter().map(|&a| self.code(a, now)));
+                run(&group, &mut out[base..base + n]);
+                base += n;
                 n = 0;
             }
         }
-        out.extend(group[..n].iter().map(|&a| self.code(a, now)));
+        run(&group[..n], &mut out[base..base + n]);
         out
     }
 

@@ -10,12 +10,12 @@ use crate::slot::NEVER;
 use crate::snapshot;
 use crate::stream::StreamOps;
 use hashbrown::HashMap;
-use parking_lot::RwLock;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple, PyType};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// A `capi_fast.errors` exception of class `class`.
 pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
@@ -88,7 +88,8 @@ impl BatchResult {
 #[pyclass(frozen, module = "capi_fast._native", name = "DecisionIndex")]
 pub struct PyDecisionIndex {
     pub(crate) inner: Shared,
-    names: RwLock<Vec<Py<PyString>>>,
+    /// Interned remediation names by id, filled on first use (ids are never reassigned).
+    names: Box<[OnceLock<Py<PyString>>]>,
 }
 
 /// One add, before it is turned into an op.
@@ -167,19 +168,17 @@ fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
 
 impl PyDecisionIndex {
     fn wrap(ix: Index) -> PyDecisionIndex {
-        PyDecisionIndex { inner: Shared::new(ix), names: RwLock::new(Vec::new()) }
+        let names = (0..crate::index::MAX_REMEDIATIONS).map(|_| OnceLock::new()).collect();
+        PyDecisionIndex { inner: Shared::new(ix), names }
     }
 
     fn name(&self, py: Python<'_>, rem: u8) -> Py<PyString> {
-        if let Some(n) = self.names.read().get(rem as usize) {
+        let cell = &self.names[rem as usize];
+        if let Some(n) = cell.get() {
             return n.clone_ref(py);
         }
-        let names: Vec<String> = self.inner.read().remediations().to_vec();
-        let mut cache = self.names.write();
-        for n in names.iter().skip(cache.len()) {
-            cache.push(PyString::intern(py, n).unbind());
-        }
-        cache[rem as usize].clone_ref(py)
+        let name = self.inner.read().remediations()[rem as usize].clone();
+        cell.get_or_init(|| PyString::intern(py, &name).unbind()).clone_ref(py)
     }
 
     fn lookup_addr(&self, py: Python<'_>, addr: Addr, now: u64) -> Option<Py<PyString>> {

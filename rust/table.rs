@@ -92,6 +92,16 @@ impl<K: Bits> Table<K> {
         self.hosts.reserve(n);
     }
 
+    /// The answer for `addr` when its block's summary alone gives it (the most severe rank),
+    /// without touching the host table: the cheap first step of batch lookups.
+    #[inline]
+    pub fn settled(&self, addr: K, now: u64) -> Option<Key> {
+        if self.ranges == 0 {
+            return None;
+        }
+        self.trie.short_best(addr, now).filter(|k| k >> 16 == 0)
+    }
+
     /// Warms the cache line where a lookup of `addr` will probe.
     #[inline]
     pub fn warm(&self, addr: K) {

@@ -45,6 +45,8 @@ pub struct Trie<K> {
     /// the short trie (a refreshed expiry included, since the copies hold it).
     short_slots: Vec<Slot>,
     short_dirty: bool,
+    /// One per block (see [`Summary`]); empty until the first range arrives.
+    summaries: Vec<Summary>,
 }
 
 /// What a lookup needs of one /16 block, in one cache line access.
@@ -54,14 +56,22 @@ struct Block {
     root: u32,
     /// Start of the block's run in `short_slots`.
     short: u32,
-    /// The best lookup key among the decisions of the short prefixes covering the block...
+}
+
+const NO_BLOCK: Block = Block { root: NIL, short: 0 };
+
+/// A block's summary of the short prefixes covering it, kept apart from [`Block`] so that the
+/// array lookups read first stays small (8 bytes a block, 512 KiB in all).
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    /// The best lookup key among their decisions...
     best: Key,
     /// ...which holds while `now` (ms) is below `until * 1000`: a decision with that key is
     /// active until then, and decisions only expire between two summaries.
     until: u32,
 }
 
-const NO_BLOCK: Block = Block { root: NIL, short: 0, best: NO_KEY, until: u32::MAX };
+const NO_SUMMARY: Summary = Summary { best: NO_KEY, until: u32::MAX };
 
 impl<K: Bits> Default for Trie<K> {
     fn default() -> Self {
@@ -72,6 +82,7 @@ impl<K: Bits> Default for Trie<K> {
             blocks: Vec::new(),
             short_slots: Vec::new(),
             short_dirty: false,
+            summaries: Vec::new(),
         }
     }
 }
@@ -126,6 +137,7 @@ impl<K: Bits> Trie<K> {
 
     fn ensure_blocks(&mut self) {
         if self.blocks.is_empty() {
+            self.summaries = vec![NO_SUMMARY; 1 << 16];
             self.blocks = vec![NO_BLOCK; (1 << 16) + 1];
         }
     }
@@ -279,8 +291,8 @@ impl<K: Bits> Trie<K> {
     /// answers it (`NO_KEY` when none covers it); None when the short slots must be read.
     #[inline]
     pub fn short_best(&self, addr: K, now: u64) -> Option<Key> {
-        match self.blocks.get(addr.top16()) {
-            Some(blk) if now < u64::from(blk.until) * 1000 => Some(blk.best),
+        match self.summaries.get(addr.top16()) {
+            Some(s) if now < u64::from(s.until) * 1000 => Some(s.best),
             Some(_) => None,
             None => Some(NO_KEY),
         }
@@ -293,9 +305,7 @@ impl<K: Bits> Trie<K> {
 
     /// Stores block `b`'s summary (see [`Block`]).
     pub fn set_summary(&mut self, b: usize, best: Key, until: u32) {
-        let blk = &mut self.blocks[b];
-        blk.best = best;
-        blk.until = until;
+        self.summaries[b] = Summary { best, until };
     }
 
     /// Loads what a lookup of `addr` will read first (its block entry).
@@ -397,6 +407,7 @@ impl<K: Bits> Trie<K> {
             + self.free.capacity() * 4
             + self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.short_slots.capacity() * std::mem::size_of::<Slot>()
+            + self.summaries.capacity() * std::mem::size_of::<Summary>()
     }
 }
 
