@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install build test test-rust test-python lint bench demo clean
+.PHONY: install build test test-rust test-python lint bench bench-rust demo clean
 
 install: $(STAMP)
 
@@ -42,8 +42,12 @@ lint: build
 	cargo clippy --release --all-targets --quiet -- -D warnings
 
 # Full-size benchmarks (1M decisions); prints ratios against the pure-Python reference.
-bench: build
+bench: build bench-rust
 	BENCH_N=1000000 $(BIN)/pytest benches -q --benchmark-only --benchmark-columns=mean,ops,rounds -p no:randomly
+
+# criterion benches of the crate alone (no Python): build, lookup, parse+lookup, batch codes.
+bench-rust:
+	BENCH_N=1000000 cargo bench --bench index
 
 demo: build
 	$(BIN)/capi-fast demo
