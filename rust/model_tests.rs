@@ -165,3 +165,22 @@ fn damaged_snapshots_are_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn block_summaries_follow_a_rerank() {
+    // An unlisted remediation interned later can outrank an existing one (alphabetical order
+    // below the priorities): the per-block summaries must take the new ranks.
+    use crate::parse::{parse_addr, parse_net};
+    let mut ix = Index::new(&["ban".into()]).expect("valid");
+    let throttle = ix.tag("CAPI", "throttle").expect("tag");
+    let (wide, _) = parse_net("10.0.0.0/8").expect("net");
+    ix.apply(&[Op::Add(wide, throttle, 1_000)]);
+    let host = parse_addr("10.1.2.3").expect("addr");
+    let name = |ix: &Index, a| ix.lookup(a, 0).map(|r| ix.remediations()[r as usize].clone());
+    assert_eq!(name(&ix, host).as_deref(), Some("throttle"));
+    let mfa = ix.tag("cscli", "mfa").expect("tag");
+    let (one, _) = parse_net("10.1.2.3").expect("net");
+    ix.apply(&[Op::Add(one, mfa, 1_000)]);
+    assert_eq!(name(&ix, host).as_deref(), Some("mfa"), "mfa sorts before throttle, so it wins");
+    assert_eq!(ix.winner(host, 0).map(|t| ix.tag_parts(t)), Some((1, 2)), "cscli's mfa decides");
+}
