@@ -120,6 +120,8 @@ def goals(w: Any) -> None:
         rows.append((f"durable SignalBatcher.add = {rate:,.0f} signals/s", rate >= 50_000, ">= 50,000/s"))
     if "capi_fast p99" in lat:
         rows.append((f"p99 add latency = {lat['capi_fast p99']:.0f} us", lat["capi_fast p99"] < 1000, "< 1 ms"))
-    w.write_line("[goals]")
+    full = N >= 1_000_000
+    w.write_line("[goals]" if full else f"[goals, indicative only: N={N:,}; the goals are set for 1M (make bench)]")
     for text, ok, goal in rows:
-        w.write_line(f"  {'met ' if ok else 'MISS'} {text}  (goal {goal})")
+        mark = ("met " if ok else "MISS") if full else ("ok  " if ok else "off ")
+        w.write_line(f"  {mark} {text}  (goal {goal})")

@@ -184,3 +184,33 @@ fn block_summaries_follow_a_rerank() {
     assert_eq!(name(&ix, host).as_deref(), Some("mfa"), "mfa sorts before throttle, so it wins");
     assert_eq!(ix.winner(host, 0).map(|t| ix.tag_parts(t)), Some((1, 2)), "cscli's mfa decides");
 }
+
+#[test]
+fn common_blocks_stop_answering_when_their_prefixes_expire() {
+    // Ten /8s under one ban key flag their 2560 blocks for the one-bit fast path; the shortest
+    // lived of them expires first. Once it has, no block it covered may still answer ban, and
+    // the other blocks keep answering until their own prefixes expire.
+    use crate::parse::{parse_addr, parse_net};
+    let mut ix = Index::new(&["ban".into(), "captcha".into()]).expect("valid");
+    let ban = ix.tag("CAPI", "ban").expect("tag");
+    let captcha = ix.tag("CAPI", "captcha").expect("tag");
+    for i in 0..10u64 {
+        let (net, _) = parse_net(&format!("{}.0.0.0/8", 20 + i)).expect("net");
+        // 20/8 lives 5 s, the others 100 s and more.
+        ix.apply(&[Op::Add(net, ban, if i == 0 { 5_000 } else { 100_000 + i * 1_000 })]);
+    }
+    let (wide, _) = parse_net("20.0.0.0/7").expect("net");
+    ix.apply(&[Op::Add(wide, captcha, 1_000_000)]);
+    let name = |a: &str, now: u64| {
+        let addr = parse_addr(a).expect("addr");
+        ix.lookup(addr, now).map(|r| ix.remediations()[r as usize].clone())
+    };
+    assert_eq!(name("20.1.2.3", 4_999).as_deref(), Some("ban"));
+    assert_eq!(name("20.1.2.3", 5_000).as_deref(), Some("captcha"), "20/8 expired: the /7 captcha answers");
+    assert_eq!(name("21.1.2.3", 5_000).as_deref(), Some("ban"));
+    assert_eq!(name("25.9.9.9", 104_999).as_deref(), Some("ban"));
+    assert_eq!(name("25.9.9.9", 105_000), None, "25/8 expired at 105 s and nothing else covers it");
+    assert_eq!(name("29.0.0.1", 108_999).as_deref(), Some("ban"));
+    assert_eq!(name("29.0.0.1", 109_000), None);
+    assert_eq!(name("21.255.255.255", 109_000).as_deref(), Some("captcha"));
+}

@@ -45,7 +45,8 @@ pub(crate) fn clock(now: Option<f64>) -> PyResult<f64> {
 }
 
 pub(crate) fn ms(t: f64) -> u64 {
-    ((t * 1000.0).floor().max(0.0) as u64).min(NEVER - 1)
+    // `as` truncates toward zero (the floor, for t >= 0) and saturates: negatives and NaN give 0.
+    ((t * 1000.0) as u64).min(NEVER - 1)
 }
 
 /// Expiry in ms for a ttl in seconds (None: never).

@@ -144,6 +144,7 @@ impl<K: Bits> Table<K> {
             let until = if best == NO_KEY { u32::MAX } else { (until / 1000).min(u64::from(u32::MAX)) as u32 };
             self.trie.set_summary(b, best, until);
         }
+        self.trie.set_common();
     }
 
     /// Adds decision `d` on `key/len`, or refreshes its expiry. Returns true if it is new.

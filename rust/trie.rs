@@ -47,6 +47,27 @@ pub struct Trie<K> {
     short_dirty: bool,
     /// One per block (see [`Summary`]); empty until the first range arrives.
     summaries: Vec<Summary>,
+    /// The commonest most-severe summary key, the blocks whose summary it is (one bit each,
+    /// 8 KiB: cache-resident where the 512 KiB of summaries are not), and until when (seconds)
+    /// all of them hold. Lets most lookups in heavily covered space answer from one bit.
+    common: Common,
+}
+
+/// See [`Trie::common`].
+#[derive(Debug, Clone)]
+struct Common {
+    /// A rank-0 key (NO_KEY when no summary has one).
+    key: Key,
+    /// In seconds: every flagged block's summary holds while `now` is below `until * 1000`.
+    until: u32,
+    /// One bit per block: its summary is `key` until `until` at least.
+    bits: Vec<u64>,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common { key: NO_KEY, until: 0, bits: Vec::new() }
+    }
 }
 
 /// What a lookup needs of one /16 block, in one cache line access.
@@ -83,6 +104,7 @@ impl<K: Bits> Default for Trie<K> {
             short_slots: Vec::new(),
             short_dirty: false,
             summaries: Vec::new(),
+            common: Common::default(),
         }
     }
 }
@@ -291,6 +313,11 @@ impl<K: Bits> Trie<K> {
     /// answers it (`NO_KEY` when none covers it); None when the short slots must be read.
     #[inline]
     pub fn short_best(&self, addr: K, now: u64) -> Option<Key> {
+        let b = addr.top16();
+        let c = &self.common;
+        if now < u64::from(c.until) * 1000 && c.bits.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 == 1) {
+            return Some(c.key);
+        }
         match self.summaries.get(addr.top16()) {
             Some(s) if now < u64::from(s.until) * 1000 => Some(s.best),
             Some(_) => None,
@@ -306,6 +333,32 @@ impl<K: Bits> Trie<K> {
     /// Stores block `b`'s summary (see [`Block`]).
     pub fn set_summary(&mut self, b: usize, best: Key, until: u32) {
         self.summaries[b] = Summary { best, until };
+    }
+
+    /// Rebuilds [`Trie::common`] from the summaries (after `set_summary` of every block).
+    ///
+    /// The key is the most-severe summary key held by the most blocks. The bit set covers the
+    /// blocks holding it, except the tenth whose summaries expire first: one short-lived prefix
+    /// would otherwise end the fast path for every block at its expiry.
+    pub fn set_common(&mut self) {
+        let mut counts = std::collections::HashMap::new();
+        for s in self.summaries.iter().filter(|s| s.best >> 16 == 0) {
+            *counts.entry(s.best).or_insert(0usize) += 1;
+        }
+        let Some(key) = counts.into_iter().max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))).map(|(k, _)| k) else {
+            self.common = Common::default();
+            return;
+        };
+        let mut untils: Vec<u32> = self.summaries.iter().filter(|s| s.best == key).map(|s| s.until).collect();
+        let cut = untils.len() / 10;
+        let until = *untils.select_nth_unstable(cut).1;
+        let mut bits = vec![0u64; self.summaries.len().div_ceil(64)];
+        for (b, s) in self.summaries.iter().enumerate() {
+            if s.best == key && s.until >= until {
+                bits[b / 64] |= 1 << (b % 64);
+            }
+        }
+        self.common = Common { key, until, bits };
     }
 
     /// Loads what a lookup of `addr` will read first (its block entry).
@@ -408,6 +461,7 @@ impl<K: Bits> Trie<K> {
             + self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.short_slots.capacity() * std::mem::size_of::<Slot>()
             + self.summaries.capacity() * std::mem::size_of::<Summary>()
+            + self.common.bits.capacity() * 8
     }
 }
 
