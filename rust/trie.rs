@@ -318,7 +318,7 @@ impl<K: Bits> Trie<K> {
         if now < u64::from(c.until) * 1000 && c.bits.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 == 1) {
             return Some(c.key);
         }
-        match self.summaries.get(addr.top16()) {
+        match self.summaries.get(b) {
             Some(s) if now < u64::from(s.until) * 1000 => Some(s.best),
             Some(_) => None,
             None => Some(NO_KEY),
