@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capi_fast.errors import InvalidSignal
 from capi_fast.signals import Signal, format_duration, rfc3339
@@ -87,3 +90,46 @@ def test_timestamps_are_utc_z():
 )
 def test_go_durations(seconds, text):
     assert format_duration(seconds) == text
+
+
+def _source_by_ipaddress(value: str) -> tuple[str, str] | None:
+    """What ipaddress alone makes of a source without "/" (None: not an address)."""
+    try:
+        return "Ip", str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+odd_octets = st.sampled_from(["0", "00", "01", "007", "255", " 1", "1 ", "", "0x1", "-1"])
+quads = st.lists(
+    st.one_of(st.integers(0, 300).map(str), odd_octets),
+    min_size=1,
+    max_size=5,
+).map(".".join)
+
+
+@given(st.one_of(quads, st.text(max_size=20)))
+@settings(max_examples=2000, deadline=None)
+def test_dotted_quad_fast_path_agrees_with_ipaddress(value):
+    if "/" in value:
+        return
+    expected = _source_by_ipaddress(value)
+    if expected is None:
+        with pytest.raises(InvalidSignal):
+            Signal.whisper(value, "a/b")
+    else:
+        s = Signal.whisper(value, "a/b")
+        assert (s.scope, s.value) == expected
+
+
+@given(st.floats(0, 4_102_444_800, allow_nan=False))
+def test_timestamps_match_strftime(t):
+    assert rfc3339(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_generated_uuids_are_version_4():
+    ids = {Signal.whisper("192.0.2.1", "a/b").uuid for _ in range(200)}
+    assert len(ids) == 200
+    for u in ids:
+        parsed = uuid.UUID(u)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == u

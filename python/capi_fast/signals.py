@@ -8,7 +8,9 @@ a trivial behaviour (a 404) and carries none. ``Signal.to_payload`` gives the JS
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import socket
 import uuid as uuid_mod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,8 @@ def rfc3339(t: datetime | float | None = None) -> str:
         dt = t.astimezone(UTC)
     else:
         dt = datetime.fromtimestamp(float(t), UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is C code and several times quicker than strftime; in UTC it ends in "+00:00".
+    return dt.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def format_duration(seconds: float) -> str:
@@ -55,6 +58,14 @@ def _source(value: str) -> tuple[str, str]:
     if not isinstance(value, str):
         raise InvalidSignal(f"the source must be an IP address or range as str, got {type(value).__name__}")
     try:
+        # The common case, a canonical dotted quad, without building an ipaddress object: it is
+        # one exactly when inet_pton takes it and inet_ntoa gives it back unchanged.
+        canonical = socket.inet_ntoa(socket.inet_pton(socket.AF_INET, value))
+        if canonical == value:
+            return "Ip", canonical
+    except (OSError, ValueError):
+        pass
+    try:
         if "/" in value:
             net = ipaddress.ip_network(value, strict=False)
             if net.num_addresses > 1:
@@ -63,6 +74,15 @@ def _source(value: str) -> tuple[str, str]:
         return "Ip", str(ipaddress.ip_address(value))
     except ValueError:
         raise InvalidSignal(f"the source {value[:64]!r} is not an IP address or range") from None
+
+
+def _uuid4() -> str:
+    """A random UUID (version 4, RFC 4122 variant) as text: ``str(uuid.uuid4())`` minus the object."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _scenario(name: str) -> str:
@@ -155,7 +175,7 @@ class Signal:
             start_at=start,
             stop_at=stop,
             created_at=created,
-            uuid=uuid or str(uuid_mod.uuid4()),
+            uuid=uuid or _uuid4(),
             remediation=remediation,
             context=pairs,
             scenario_hash=scenario_hash,
