@@ -108,11 +108,9 @@ quads = st.lists(
 ).map(".".join)
 
 
-@given(st.one_of(quads, st.text(max_size=20)))
+@given(st.one_of(quads, st.text(max_size=20).filter(lambda v: "/" not in v)))
 @settings(max_examples=2000, deadline=None)
 def test_dotted_quad_fast_path_agrees_with_ipaddress(value):
-    if "/" in value:
-        return
     expected = _source_by_ipaddress(value)
     if expected is None:
         with pytest.raises(InvalidSignal):
