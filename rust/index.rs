@@ -2,7 +2,8 @@
 //!
 //! Semantics (CrowdSec's): an address gets the highest-priority remediation among every active
 //! decision covering it; a decision is keyed by (network, origin, remediation) and adding it
-//! again replaces its expiry; a decision is active while `expiry > now` (milliseconds).
+//! again replaces its expiry ([`Op::Add`]) or, for stream answers, never shortens it
+//! ([`Op::Extend`]); a decision is active while `expiry > now` (milliseconds).
 
 use crate::bits::Bits;
 use crate::error::{Error, Result};
@@ -30,10 +31,27 @@ pub struct Filter {
 /// One change of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// Add (or refresh) a decision: network, tag from [`Index::tag`], expiry in ms.
+    /// Add (or refresh) a decision: network, tag from [`Index::tag`], expiry in ms. A decision
+    /// already held takes this expiry, shorter or not.
     Add(Net, u16, u64),
+    /// Add a decision, or keep the later of its held expiry and this one. Stream answers use
+    /// it: CAPI may send the same address under two scenarios (4 h and 30 s, say), and crowdsec
+    /// keeps it banned while either is active, whichever comes last in the answer.
+    Extend(Net, u16, u64),
     /// Remove the decisions on exactly this network matching the filter.
     Remove(Net, Filter),
+}
+
+/// How an add of a batch treats the same decision already held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddRule {
+    /// The add's expiry replaces the held one; an add already expired removes the decision
+    /// (the caller said when it ends, and that is over). The rule of `add`, `add_many`, `apply`.
+    Replace,
+    /// The later expiry is kept and an add already expired changes nothing: decisions read
+    /// from a stream answer, which may hold the same decision twice (CAPI groups an address
+    /// under each scenario that flagged it) and crowdsec keeps it while any copy is active.
+    Extend,
 }
 
 /// A decision as stored, for snapshots and iteration.
@@ -207,17 +225,36 @@ impl Index {
         self.v4.reserve_hosts(n);
     }
 
+    /// The operation of adding `tag` on `net` until `exp` at `now` under `rule`, or None when
+    /// it changes nothing (an expired stream add).
+    pub fn add_op(&self, net: Net, tag: u16, exp: u64, now: u64, rule: AddRule) -> Option<Op> {
+        if exp > now {
+            return Some(match rule {
+                AddRule::Replace => Op::Add(net, tag, exp),
+                AddRule::Extend => Op::Extend(net, tag, exp),
+            });
+        }
+        match rule {
+            AddRule::Replace => {
+                let (origin, remediation) = self.tags[tag as usize];
+                Some(Op::Remove(net, Filter { origin: Some(origin), remediation: Some(remediation) }))
+            }
+            AddRule::Extend => None,
+        }
+    }
+
     /// Applies a batch in order. Returns (decisions added, decisions removed); refreshing an
-    /// existing decision counts as neither.
+    /// existing decision (or keeping it, for [`Op::Extend`]) counts as neither.
     pub fn apply(&mut self, ops: &[Op]) -> (usize, usize) {
         let (mut added, mut removed) = (0, 0);
         for op in ops {
             match *op {
-                Op::Add(net, tag, exp) => {
+                Op::Add(net, tag, exp) | Op::Extend(net, tag, exp) => {
                     let d = Dec { exp, tag };
+                    let keep_later = matches!(op, Op::Extend(..));
                     let new = match net {
-                        Net::V4(k, l) => self.v4.upsert(k, l, d),
-                        Net::V6(k, l) => self.v6.upsert(k, l, d),
+                        Net::V4(k, l) => self.v4.upsert(k, l, d, keep_later),
+                        Net::V6(k, l) => self.v6.upsert(k, l, d, keep_later),
                     };
                     added += usize::from(new);
                 }
@@ -273,6 +310,16 @@ impl Index {
         self.tags.len()
     }
 
+    /// Code of a lookup key: 0 for none, else remediation id + 1.
+    #[inline]
+    fn code_of(&self, key: Key) -> u8 {
+        if key == NO_KEY {
+            0
+        } else {
+            self.rank_rem[(key >> 16) as usize] + 1
+        }
+    }
+
     /// Code of `addr` for packed lookups: 0 for none, else remediation id + 1.
     #[inline]
     pub fn code<K: Bits>(&self, addr: K, now: u64) -> u8 {
@@ -286,11 +333,7 @@ impl Index {
                 self.v6.best(a, now, &self.tag_rank)
             }
         };
-        if key == NO_KEY {
-            0
-        } else {
-            self.rank_rem[(key >> 16) as usize] + 1
-        }
+        self.code_of(key)
     }
 
     /// Codes of many IPv4 addresses, by groups: first the ones their block's summary settles
@@ -300,13 +343,13 @@ impl Index {
         let mut out = vec![0u8; addrs.len()];
         let mut group = [0u32; WARM_GROUP];
         let (mut n, mut base) = (0, 0);
-        let code_of = |key: Key| self.rank_rem[(key >> 16) as usize] + 1;
         let run = |group: &[u32], out: &mut [u8]| {
             let mut pending = [0u8; WARM_GROUP];
             let mut np = 0;
             for (i, &a) in group.iter().enumerate() {
                 match self.v4.settled(a, now) {
-                    Some(key) => out[i] = code_of(key),
+                    // NO_KEY too: a block no range covers, in a family without inner decisions.
+                    Some(key) => out[i] = self.code_of(key),
                     None => {
                         pending[np] = i as u8;
                         np += 1;
@@ -393,6 +436,27 @@ impl Index {
         } else {
             collect(&self.v6, now, &self.tag_rank)
         }
+    }
+
+    /// The settle ranks of the IPv4 and IPv6 tables (see [`Table::settled`]).
+    #[cfg(test)]
+    pub(crate) fn settle_ranks(&self) -> (u16, u16) {
+        (self.v4.settle(), self.v6.settle())
+    }
+
+    /// True when the block summary alone answers `addr` at `now` (the fast path).
+    #[cfg(test)]
+    pub(crate) fn settles(&self, addr: Addr, now: u64) -> bool {
+        match addr {
+            Addr::V4(a) => self.v4.settled(a, now).is_some(),
+            Addr::V6(a) => self.v6.settled(a, now).is_some(),
+        }
+    }
+
+    /// The keys of the one-bit fast paths of IPv4 and IPv6 (NO_KEY when none).
+    #[cfg(test)]
+    pub(crate) fn common_keys(&self) -> (Key, Key) {
+        (self.v4.common_key(), self.v6.common_key())
     }
 
     /// Rank of a remediation id.

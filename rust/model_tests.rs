@@ -1,6 +1,6 @@
 //! Model-based tests: random operations mirrored into a naive list scanned on every lookup.
 
-use crate::index::{Index, Op};
+use crate::index::{AddRule, Index, Op};
 use crate::parse::{Addr, Net};
 
 struct Rng(u64);
@@ -27,7 +27,17 @@ struct ModelDec {
 }
 
 const ORIGINS: [&str; 3] = ["CAPI", "lists:tor", "cscli"];
-const REMS: [&str; 3] = ["ban", "captcha", "mfa"];
+
+/// One randomised setting of the model test.
+struct Scenario {
+    priorities: &'static [&'static str],
+    /// Every remediation used, in rank order: the model ranks a decision by its position here.
+    rems: &'static [&'static str],
+    net: fn(&mut Rng) -> Net,
+    addr: fn(&mut Rng) -> Addr,
+    /// The remediation (position in `rems`) of a decision about to be added on a network.
+    rem: fn(&mut Rng, Net) -> usize,
+}
 
 fn covers(net: Net, a: Addr) -> bool {
     use crate::bits::Bits;
@@ -38,89 +48,218 @@ fn covers(net: Net, a: Addr) -> bool {
     }
 }
 
-fn model_lookup(m: &[ModelDec], a: Addr, now: u64) -> Option<&'static str> {
-    // ban > captcha > unlisted ("mfa")
-    m.iter().filter(|d| d.exp > now && covers(d.net, a)).map(|d| d.rem).min().map(|r| REMS[r])
+fn model_lookup(m: &[ModelDec], rems: &[&'static str], a: Addr, now: u64) -> Option<&'static str> {
+    m.iter().filter(|d| d.exp > now && covers(d.net, a)).map(|d| d.rem).min().map(|r| rems[r])
+}
+
+fn is_inner(net: Net) -> bool {
+    match net {
+        Net::V4(_, l) | Net::V6(_, l) => l >= 16,
+    }
+}
+
+/// The settle rank a family should have: the most severe rank among the inner decisions held
+/// (expired ones included until purged), NO_RANK when none.
+fn model_settle(m: &[ModelDec], v4: bool) -> u16 {
+    m.iter()
+        .filter(|d| matches!(d.net, Net::V4(..)) == v4 && is_inner(d.net))
+        .map(|d| d.rem as u16)
+        .min()
+        .unwrap_or(crate::slot::NO_RANK)
+}
+
+fn v4_pool(r: &mut Rng) -> u32 {
+    0x0a00_0000 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32
+}
+
+fn v6_pool(r: &mut Rng) -> u128 {
+    0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80 | u128::from(r.below(8))
 }
 
 /// Small address pools so prefixes overlap often.
 fn random_net(r: &mut Rng) -> Net {
     if r.below(3) == 0 {
-        let base: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80;
-        let host = base | u128::from(r.below(8));
         let len = [128u8, 128, 64, 48, 44, 32, 0][r.below(7) as usize];
-        Net::V6(host & <u128 as crate::bits::Bits>::mask(len), len)
+        Net::V6(v6_pool(r) & <u128 as crate::bits::Bits>::mask(len), len)
     } else {
-        let host = 0x0a00_0000u32 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32;
         let len = [32u8, 32, 32, 31, 30, 24, 16, 15, 8, 0][r.below(10) as usize];
-        Net::V4(host & <u32 as crate::bits::Bits>::mask(len), len)
+        Net::V4(v4_pool(r) & <u32 as crate::bits::Bits>::mask(len), len)
     }
 }
 
 fn random_addr(r: &mut Rng) -> Addr {
-    match random_net(r) {
-        Net::V4(_, _) => {
-            Addr::V4(0x0a00_0000 | (r.below(4) as u32) << 16 | (r.below(4) as u32) << 8 | r.below(8) as u32)
-        }
-        Net::V6(_, _) => Addr::V6(
-            0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(r.below(16) as u8) << 80 | u128::from(r.below(8)),
-        ),
+    if r.below(3) == 0 {
+        Addr::V6(v6_pool(r))
+    } else {
+        Addr::V4(v4_pool(r))
     }
 }
 
-#[test]
-fn random_operations_match_naive_scan() {
-    for seed in 0..40 {
+/// Mostly hosts and /8s, some /24s and /16s; /12 and /0 on the short side.
+fn allowlist_net(r: &mut Rng) -> Net {
+    if r.below(4) == 0 {
+        let len = [128u8, 128, 64, 16, 12, 8, 0][r.below(7) as usize];
+        Net::V6(v6_pool(r) & <u128 as crate::bits::Bits>::mask(len), len)
+    } else {
+        let len = [32u8, 32, 32, 32, 24, 16, 12, 8, 8, 0][r.below(10) as usize];
+        Net::V4(v4_pool(r) & <u32 as crate::bits::Bits>::mask(len), len)
+    }
+}
+
+/// ["allow", "ban", "captcha"]: wide prefixes mostly ban, a few inner allows under them.
+fn allowlist_rem(r: &mut Rng, net: Net) -> usize {
+    let roll = r.below(20);
+    if is_inner(net) {
+        match roll {
+            0..=2 => 0,
+            3..=15 => 1,
+            _ => 2,
+        }
+    } else {
+        match roll {
+            0 => 0,
+            1..=15 => 1,
+            _ => 2,
+        }
+    }
+}
+
+const PLAIN: Scenario = Scenario {
+    priorities: &["ban", "captcha"],
+    // "mfa" is unlisted: it ranks below the priorities.
+    rems: &["ban", "captcha", "mfa"],
+    net: random_net,
+    addr: random_addr,
+    rem: |r, _| r.below(3) as usize,
+};
+
+const ALLOWLIST: Scenario = Scenario {
+    priorities: &["allow", "ban", "captcha"],
+    rems: &["allow", "ban", "captcha"],
+    net: allowlist_net,
+    addr: random_addr,
+    rem: allowlist_rem,
+};
+
+fn check_lookups(ix: &Index, model: &[ModelDec], sc: &Scenario, addrs: &[Addr], now: u64, at: &str) {
+    let name = |id: Option<u8>| id.map(|id| ix.remediations()[id as usize].as_str());
+    let codes = ix.codes(addrs, now);
+    let v4: Vec<u32> = addrs.iter().filter_map(|a| if let Addr::V4(x) = a { Some(*x) } else { None }).collect();
+    let codes4 = ix.codes_v4(v4.iter().copied(), now);
+    let mut i4 = 0;
+    for (i, &a) in addrs.iter().enumerate() {
+        let want = model_lookup(model, sc.rems, a, now);
+        let got = name(ix.lookup(a, now));
+        if got != want {
+            for d in model.iter().filter(|d| covers(d.net, a)) {
+                eprintln!("{:?} {} {} exp {} now {now}", d.net, d.origin, d.rem, d.exp);
+            }
+        }
+        assert_eq!(got, want, "lookup, {at} addr {a:?}");
+        assert_eq!(name(codes[i].checked_sub(1)), want, "codes, {at} addr {a:?}");
+        if matches!(a, Addr::V4(_)) {
+            assert_eq!(name(codes4[i4].checked_sub(1)), want, "codes_v4, {at} addr {a:?}");
+            i4 += 1;
+        }
+    }
+}
+
+fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
+    let prios: Vec<String> = sc.priorities.iter().map(|p| (*p).to_owned()).collect();
+    for seed in seeds {
         let mut r = Rng(seed);
-        let mut ix = Index::new(&["ban".into(), "captcha".into()]).expect("index");
+        let mut ix = Index::new(&prios).expect("index");
         let mut model: Vec<ModelDec> = Vec::new();
         let mut now: u64 = 1_000_000;
         for step in 0..3000 {
-            match r.below(10) {
+            let at = format!("seed {seed} step {step}");
+            match r.below(12) {
                 0..=4 => {
-                    let (net, o, m) = (random_net(&mut r), r.below(3) as usize, r.below(3) as usize);
-                    let exp = now + 1 + r.below(300_000);
-                    let tag = ix.tag(ORIGINS[o], REMS[m]).expect("tag");
-                    ix.apply(&[Op::Add(net, tag, exp)]);
-                    match model.iter_mut().find(|d| d.net == net && d.origin == o && d.rem == m) {
-                        Some(d) => d.exp = exp,
-                        None => model.push(ModelDec { net, origin: o, rem: m, exp }),
+                    // Replace, sometimes already expired (which removes the decision).
+                    let net = (sc.net)(&mut r);
+                    let (o, m) = (r.below(3) as usize, (sc.rem)(&mut r, net));
+                    let exp = if r.below(10) == 0 { now - r.below(1_000) } else { now + 1 + r.below(300_000) };
+                    let tag = ix.tag(ORIGINS[o], sc.rems[m]).expect("tag");
+                    let op = ix.add_op(net, tag, exp, now, AddRule::Replace).expect("a replace always acts");
+                    let (added, removed) = ix.apply(&[op]);
+                    let held = model.iter().position(|d| d.net == net && d.origin == o && d.rem == m);
+                    match held {
+                        _ if exp <= now => {
+                            model.retain(|d| !(d.net == net && d.origin == o && d.rem == m));
+                            assert_eq!((added, removed), (0, usize::from(held.is_some())), "{at}");
+                        }
+                        Some(i) => {
+                            model[i].exp = exp;
+                            assert_eq!((added, removed), (0, 0), "{at}");
+                        }
+                        None => {
+                            model.push(ModelDec { net, origin: o, rem: m, exp });
+                            assert_eq!((added, removed), (1, 0), "{at}");
+                        }
                     }
                 }
                 5 => {
-                    let net = random_net(&mut r);
+                    // A stream answer: the same decision up to three times in one batch, with
+                    // different expiries, some already over; the latest expiry wins.
+                    let net = (sc.net)(&mut r);
+                    let (o, m) = (r.below(3) as usize, (sc.rem)(&mut r, net));
+                    let tag = ix.tag(ORIGINS[o], sc.rems[m]).expect("tag");
+                    let mut ops = Vec::new();
+                    let mut latest = None;
+                    for _ in 0..1 + r.below(3) {
+                        let exp = if r.below(6) == 0 { now - r.below(1_000) } else { now + 1 + r.below(300_000) };
+                        if let Some(op) = ix.add_op(net, tag, exp, now, AddRule::Extend) {
+                            ops.push(op);
+                            latest = latest.max(Some(exp));
+                        } else {
+                            assert!(exp <= now, "{at}");
+                        }
+                    }
+                    let (added, removed) = ix.apply(&ops);
+                    assert_eq!(removed, 0, "{at}");
+                    let held = model.iter().position(|d| d.net == net && d.origin == o && d.rem == m);
+                    match (held, latest) {
+                        (Some(i), Some(exp)) => {
+                            model[i].exp = model[i].exp.max(exp);
+                            assert_eq!(added, 0, "{at}");
+                        }
+                        (None, Some(exp)) => {
+                            model.push(ModelDec { net, origin: o, rem: m, exp });
+                            assert_eq!(added, 1, "{at}");
+                        }
+                        (_, None) => assert_eq!(added, 0, "{at}"),
+                    }
+                }
+                6 => {
+                    let net = (sc.net)(&mut r);
                     let o = r.below(4) as usize;
-                    let f = ix.filter((o < 3).then(|| ORIGINS[o]), None);
+                    let m = r.below(sc.rems.len() as u64 + 1) as usize;
+                    let f = ix.filter((o < 3).then(|| ORIGINS[o]), sc.rems.get(m).copied());
                     let (_, removed) = f.map_or((0, 0), |f| ix.apply(&[Op::Remove(net, f)]));
                     let before = model.len();
-                    model.retain(|d| !(d.net == net && (o == 3 || d.origin == o)));
-                    assert_eq!(removed, before - model.len(), "seed {seed} step {step}");
+                    model
+                        .retain(|d| !(d.net == net && (o == 3 || d.origin == o) && (m == sc.rems.len() || d.rem == m)));
+                    assert_eq!(removed, before - model.len(), "{at}");
                 }
-                6 => now += r.below(120_000),
-                7 => {
+                7 => now += r.below(120_000),
+                8 => {
                     let (n, done) = ix.purge(now, usize::MAX);
                     assert!(done);
                     let before = model.len();
                     model.retain(|d| d.exp > now);
-                    assert_eq!(n, before - model.len(), "purge count, seed {seed} step {step}");
+                    assert_eq!(n, before - model.len(), "purge count, {at}");
                 }
                 _ => {
-                    for _ in 0..5 {
-                        let a = random_addr(&mut r);
-                        let got = ix.lookup(a, now).map(|id| ix.remediations()[id as usize].as_str());
-                        if got != model_lookup(&model, a, now) {
-                            for d in model.iter().filter(|d| covers(d.net, a)) {
-                                eprintln!("{:?} {} {} exp {} now {now}", d.net, d.origin, d.rem, d.exp);
-                            }
-                        }
-                        assert_eq!(got, model_lookup(&model, a, now), "seed {seed} step {step} addr {a:?}");
-                    }
+                    let addrs: Vec<Addr> = (0..6).map(|_| (sc.addr)(&mut r)).collect();
+                    check_lookups(&ix, &model, sc, &addrs, now, &at);
                 }
             }
-            assert_eq!(ix.len(), model.len(), "seed {seed} step {step}");
+            assert_eq!(ix.len(), model.len(), "{at}");
+            assert_eq!(ix.settle_ranks(), (model_settle(&model, true), model_settle(&model, false)), "{at}");
         }
         // Export agrees with lookups on every address of the small pool.
-        let ban = ix.rank_of(0);
+        let ban_id = ix.remediations().iter().position(|n| n == "ban").expect("ban interned") as u8;
+        let ban = ix.rank_of(ban_id);
         let mut blocks = Vec::new();
         for (a, b) in crate::export::runs(ix.active_prefixes(4, now), 32, ban) {
             crate::export::run_to_cidrs(a, b, 32, &mut blocks);
@@ -130,7 +269,7 @@ fn random_operations_match_naive_scan() {
             let exported = blocks.iter().any(|&(s, l)| covers(Net::V4(s as u32, l), Addr::V4(a)));
             assert_eq!(
                 exported,
-                model_lookup(&model, Addr::V4(a), now) == Some("ban"),
+                model_lookup(&model, sc.rems, Addr::V4(a), now) == Some("ban"),
                 "export seed {seed} addr {a:#x}"
             );
         }
@@ -138,13 +277,46 @@ fn random_operations_match_naive_scan() {
         let bytes = crate::snapshot::encode(&ix, now, b"meta");
         let (back, meta) = crate::snapshot::decode(&bytes).expect("decode");
         assert_eq!(meta, b"meta");
-        assert_eq!(back.len(), model.iter().filter(|d| d.exp > now).count());
-        for _ in 0..200 {
-            let a = random_addr(&mut r);
-            let got = back.lookup(a, now).map(|id| back.remediations()[id as usize].as_str());
-            assert_eq!(got, model_lookup(&model, a, now));
+        let active: Vec<ModelDec> = model.iter().filter(|d| d.exp > now).cloned().collect();
+        assert_eq!(back.len(), active.len());
+        assert_eq!(back.settle_ranks(), (model_settle(&active, true), model_settle(&active, false)), "snapshot");
+        let addrs: Vec<Addr> = (0..200).map(|_| (sc.addr)(&mut r)).collect();
+        check_lookups(&back, &model, sc, &addrs, now, &format!("snapshot seed {seed}"));
+        // A clone keeps the counts behind the settle rank.
+        let copy = ix.clone();
+        assert_eq!(copy.settle_ranks(), ix.settle_ranks(), "clone seed {seed}");
+        // Removing every allow decision (and purging) brings the settle rank back to the most
+        // severe rank left, and every block whose short prefixes give that rank or better
+        // answers from its summary again.
+        if let Some(f) = ix.filter(None, Some("allow")) {
+            let allows: Vec<Op> =
+                model.iter().filter(|d| sc.rems[d.rem] == "allow").map(|d| Op::Remove(d.net, f)).collect();
+            ix.apply(&allows);
+            model.retain(|d| sc.rems[d.rem] != "allow");
         }
+        ix.purge(now, usize::MAX);
+        model.retain(|d| d.exp > now);
+        let settle = model_settle(&model, true);
+        assert_eq!(ix.settle_ranks().0, settle, "after the allows went, seed {seed}");
+        let any_range = model.iter().any(|d| matches!(d.net, Net::V4(_, l) if l < 32));
+        let pool: Vec<Addr> = (0..4u32 << 16).step_by(7).map(|x| Addr::V4(0x0a00_0000 | x)).collect();
+        for &a in &pool {
+            let short = model.iter().filter(|d| !is_inner(d.net) && covers(d.net, a)).map(|d| d.rem as u16).min();
+            let expected = any_range && short.unwrap_or(crate::slot::NO_RANK) <= settle;
+            assert_eq!(ix.settles(a, now), expected, "fast path, seed {seed} addr {a:?}");
+        }
+        check_lookups(&ix, &model, sc, &pool, now, &format!("after the allows went, seed {seed}"));
     }
+}
+
+#[test]
+fn random_operations_match_naive_scan() {
+    run_model(&PLAIN, 0..40);
+}
+
+#[test]
+fn random_operations_with_an_allowlist_rank_match_naive_scan() {
+    run_model(&ALLOWLIST, 100..140);
 }
 
 #[test]
@@ -213,4 +385,142 @@ fn common_blocks_stop_answering_when_their_prefixes_expire() {
     assert_eq!(name("29.0.0.1", 108_999).as_deref(), Some("ban"));
     assert_eq!(name("29.0.0.1", 109_000), None);
     assert_eq!(name("21.255.255.255", 109_000).as_deref(), Some("captcha"));
+}
+
+/// An index ranking ["allow", "ban", "captcha"] with ban on 10/8 and on the single address
+/// 10.1.2.4 (so the IPv4 settle rank is ban's).
+fn allowlist_index() -> (Index, u16, u16) {
+    use crate::parse::parse_net;
+    let mut ix = Index::new(&["allow".into(), "ban".into(), "captcha".into()]).expect("valid");
+    let ban = ix.tag("CAPI", "ban").expect("tag");
+    let allow = ix.tag("lists:ok", "allow").expect("tag");
+    let net = |s: &str| parse_net(s).expect("net").0;
+    ix.apply(&[Op::Add(net("10.0.0.0/8"), ban, 1_000_000), Op::Add(net("10.1.2.4"), ban, 1_000_000)]);
+    (ix, ban, allow)
+}
+
+fn answer(ix: &Index, ip: &str, now: u64) -> Option<String> {
+    let a = crate::parse::parse_addr(ip).expect("addr");
+    let single = ix.lookup(a, now).map(|r| ix.remediations()[r as usize].clone());
+    // The batch paths (summary first, then warmed probes) must agree with the single lookup.
+    let code = |c: u8| c.checked_sub(1).map(|r| ix.remediations()[r as usize].clone());
+    assert_eq!(code(ix.codes(&[a], now)[0]), single, "codes of {ip}");
+    if let Addr::V4(x) = a {
+        assert_eq!(code(ix.codes_v4([x].into_iter(), now)[0]), single, "codes_v4 of {ip}");
+    }
+    single
+}
+
+#[test]
+fn an_allowed_address_inside_a_banned_block_answers_allow() {
+    // The ban summary of 10.1/16 must not answer for 10.1.2.3 once an allow decision sits on
+    // it, though the batch adding it touches no short prefix (no summary is rebuilt).
+    use crate::parse::{parse_addr, parse_net};
+    let (mut ix, _, allow) = allowlist_index();
+    let net = |s: &str| parse_net(s).expect("net").0;
+    let ip = |s: &str| parse_addr(s).expect("addr");
+    assert_eq!(ix.settle_ranks().0, 1, "ban is the most severe inner rank");
+    assert!(ix.settles(ip("10.1.2.3"), 0));
+    ix.apply(&[Op::Add(net("10.1.2.3"), allow, 500_000), Op::Add(net("10.1.3.0/24"), allow, 1_000_000)]);
+    assert_eq!(ix.settle_ranks().0, 0, "an inner allow lowers the settle rank");
+    assert!(!ix.settles(ip("10.9.9.9"), 0), "ban summaries no longer settle");
+    assert_eq!(answer(&ix, "10.1.2.3", 0).as_deref(), Some("allow"));
+    assert_eq!(answer(&ix, "10.1.3.77", 0).as_deref(), Some("allow"));
+    assert_eq!(answer(&ix, "10.1.2.4", 0).as_deref(), Some("ban"));
+    assert_eq!(answer(&ix, "10.9.9.9", 0).as_deref(), Some("ban"));
+    // The allowed address's decision expires: ban again, before and after purging.
+    assert_eq!(answer(&ix, "10.1.2.3", 500_000).as_deref(), Some("ban"));
+    assert_eq!(ix.purge(500_000, usize::MAX), (1, true));
+    assert_eq!(ix.settle_ranks().0, 0, "the /24 allow is still held");
+    // Removing the last inner allow restores the fast path.
+    let f = ix.filter(None, Some("allow")).expect("filter");
+    assert_eq!(ix.apply(&[Op::Remove(net("10.1.3.0/24"), f)]), (0, 1));
+    assert_eq!(ix.settle_ranks().0, 1);
+    assert!(ix.settles(ip("10.9.9.9"), 0));
+    assert_eq!(answer(&ix, "10.1.3.77", 0).as_deref(), Some("ban"));
+}
+
+#[test]
+fn a_short_allow_range_settles_its_own_blocks() {
+    // An allow /12 (a short prefix) ranks above every inner decision: its blocks settle too.
+    use crate::parse::{parse_addr, parse_net};
+    let (mut ix, _, allow) = allowlist_index();
+    ix.apply(&[Op::Add(parse_net("10.16.0.0/12").expect("net").0, allow, 1_000_000)]);
+    assert!(ix.settles(parse_addr("10.17.0.1").expect("addr"), 0));
+    assert_eq!(answer(&ix, "10.17.0.1", 0).as_deref(), Some("allow"));
+    assert_eq!(answer(&ix, "10.1.0.1", 0).as_deref(), Some("ban"));
+}
+
+#[test]
+fn without_allow_decisions_ban_summaries_still_take_the_fast_path() {
+    // "allow" ranks first but nothing holds it: ban (rank 1) summaries settle lookups, and the
+    // one-bit path keeps the ban key even when a short allow range covers a few blocks.
+    use crate::parse::{parse_addr, parse_net};
+    let (mut ix, ban, allow) = allowlist_index();
+    let captcha = ix.tag("CAPI", "captcha").expect("tag");
+    let net = |s: &str| parse_net(s).expect("net").0;
+    let mut ops: Vec<Op> = (20..30).map(|i| Op::Add(net(&format!("{i}.0.0.0/8")), ban, 1_000_000)).collect();
+    ops.push(Op::Add(net("10.2.3.0/24"), captcha, 1_000_000));
+    ops.push(Op::Add(net("10.2.3.9"), captcha, 1_000_000));
+    ops.push(Op::Add(net("11.0.0.0/12"), allow, 1_000_000));
+    ix.apply(&ops);
+    assert_eq!(ix.settle_ranks(), (1, crate::slot::NO_RANK));
+    let ban_key = (1 << 16) | crate::slot::Key::from(ban);
+    assert_eq!(ix.common_keys().0, ban_key, "the ban key flags the most blocks");
+    for a in ["10.2.3.9", "10.200.0.1", "25.1.2.3", "11.0.0.1"] {
+        assert!(ix.settles(parse_addr(a).expect("addr"), 0), "{a} answers from its summary");
+    }
+    assert!(!ix.settles(parse_addr("12.0.0.1").expect("addr"), 0), "no range covers 12/8, hosts exist");
+    assert_eq!(answer(&ix, "10.2.3.9", 0).as_deref(), Some("ban"), "the ban /8 outranks captcha");
+    assert_eq!(answer(&ix, "11.0.0.1", 0).as_deref(), Some("allow"));
+    assert_eq!(answer(&ix, "12.0.0.1", 0), None);
+}
+
+#[test]
+fn a_family_without_inner_decisions_settles_uncovered_blocks_as_none() {
+    // Only short prefixes: a block no prefix covers answers "none" from its summary alone.
+    use crate::parse::{parse_addr, parse_net};
+    let mut ix = Index::new(&["allow".into(), "ban".into()]).expect("valid");
+    let ban = ix.tag("CAPI", "ban").expect("tag");
+    ix.apply(&[Op::Add(parse_net("10.0.0.0/8").expect("net").0, ban, 1_000)]);
+    assert_eq!(ix.settle_ranks().0, crate::slot::NO_RANK);
+    assert!(ix.settles(parse_addr("12.0.0.1").expect("addr"), 0));
+    assert_eq!(answer(&ix, "12.0.0.1", 0), None);
+    assert_eq!(answer(&ix, "10.0.0.1", 0).as_deref(), Some("ban"));
+}
+
+#[test]
+fn stream_adds_keep_the_later_expiry() {
+    // CAPI lists 192.0.2.1 under two scenarios, 4 h then 30 s: it stays banned for 4 h.
+    use crate::parse::{parse_addr, parse_net};
+    let mut ix = Index::new(&["ban".into(), "captcha".into()]).expect("valid");
+    let ban = ix.tag("CAPI", "ban").expect("tag");
+    let h4 = 4 * 3_600_000;
+    for s in ["192.0.2.1", "198.51.100.0/24", "10.0.0.0/8"] {
+        let (net, _) = parse_net(s).expect("net");
+        let ip = parse_addr(s.split('/').next().expect("address")).expect("addr");
+        let name = |ix: &Index, now| ix.lookup(ip, now).map(|r| ix.remediations()[r as usize].clone());
+        let ext = |ix: &Index, exp| ix.add_op(net, ban, exp, 1_000, AddRule::Extend).expect("live add");
+        let ops = [ext(&ix, h4), ext(&ix, 31_000)];
+        assert_eq!(ix.apply(&ops), (1, 0), "{s}: one decision, added once");
+        assert_eq!(name(&ix, 31_000).as_deref(), Some("ban"), "{s}: the shorter copy did not shorten it");
+        assert_eq!(ix.purge(31_000, usize::MAX), (0, true), "{s}: nothing expired");
+        // A later answer with a shorter duration keeps it; an expired one changes nothing.
+        assert_eq!(ix.apply(&[ext(&ix, 60_000)]), (0, 0));
+        assert_eq!(ix.add_op(net, ban, 1_000, 1_000, AddRule::Extend), None, "{s}: already over");
+        assert_eq!(name(&ix, h4 - 1).as_deref(), Some("ban"));
+        assert_eq!(name(&ix, h4), None);
+        // A longer one lengthens it.
+        ix.apply(&[ext(&ix, h4 + 5_000)]);
+        assert_eq!(name(&ix, h4 + 4_999).as_deref(), Some("ban"));
+        // The caller's own add still replaces, and an expired one still removes.
+        let replace = ix.add_op(net, ban, 60_000, 1_000, AddRule::Replace).expect("live add");
+        assert_eq!(replace, Op::Add(net, ban, 60_000));
+        ix.apply(&[replace]);
+        assert_eq!(name(&ix, 60_000), None, "{s}: replaced by the shorter expiry");
+        let gone = ix.add_op(net, ban, 1_000, 1_000, AddRule::Replace).expect("a removal");
+        assert_eq!(ix.apply(&[gone]), (0, 1), "{s}");
+        assert_eq!(ix.len(), 0);
+        assert_eq!(ix.purge(h4 + 10_000, usize::MAX), (0, true), "{s}: stale expiry hints are harmless");
+    }
 }

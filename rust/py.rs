@@ -2,13 +2,13 @@
 
 use crate::error::Error;
 use crate::export;
-use crate::index::{Index, Op};
+use crate::index::{AddRule, Index, Op};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
 use crate::py_stream::ParsedStream;
 use crate::shared::Shared;
 use crate::slot::NEVER;
 use crate::snapshot;
-use crate::stream::StreamOps;
+use crate::stream::{stored_type, StreamOps};
 use hashbrown::HashMap;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -65,7 +65,7 @@ fn expiry(now: f64, ttl: Option<f64>) -> PyResult<u64> {
 pub struct BatchResult {
     /// Decisions that were not held before.
     pub added: usize,
-    /// Decisions already held whose expiry was replaced.
+    /// Decisions already held whose expiry was replaced (or, from a stream, kept or extended).
     pub refreshed: usize,
     /// Decisions removed (including ones re-added already expired).
     pub removed: usize,
@@ -100,6 +100,8 @@ struct AddItem {
     /// Index into the batch's [`Pairs`].
     pair: u32,
     exp: u64,
+    /// Replace for the caller's own adds, Extend for a stream answer's.
+    rule: AddRule,
 }
 
 /// The distinct (origin, remediation) pairs of a batch, so that items hold an index instead
@@ -209,16 +211,11 @@ impl PyDecisionIndex {
                 let tags = pairs.list.iter().map(|(o, r)| ix.tag(o, r)).collect::<Result<Vec<u16>, Error>>()?;
                 let mut v4_hosts = 0;
                 for a in &adds {
-                    if a.exp <= now {
-                        // Re-added already expired: its expiry is in the past, so it goes.
-                        let (o, r) = &pairs.list[a.pair as usize];
-                        if let Some(f) = ix.filter(Some(o), Some(r)) {
-                            ops.push(Op::Remove(a.net, f));
-                        }
-                    } else {
-                        let tag = tags[a.pair as usize];
-                        v4_hosts += usize::from(matches!(a.net, Net::V4(_, 32)));
-                        ops.push(Op::Add(a.net, tag, a.exp));
+                    // None: an expired stream add, which changes nothing and counts as nothing.
+                    if let Some(op) = ix.add_op(a.net, tags[a.pair as usize], a.exp, now, a.rule) {
+                        v4_hosts +=
+                            usize::from(matches!(op, Op::Add(Net::V4(_, 32), ..) | Op::Extend(Net::V4(_, 32), ..)));
+                        ops.push(op);
                     }
                 }
                 if v4_hosts > 4096 {
@@ -228,7 +225,7 @@ impl PyDecisionIndex {
                 let (added, removed) = ix.apply(&ops);
                 let normalized = adds.iter().filter(|a| a.normalized).count();
                 ix.note_normalized(normalized as u64);
-                let adds_applied = ops.iter().filter(|o| matches!(o, Op::Add(..))).count();
+                let adds_applied = ops.iter().filter(|o| matches!(o, Op::Add(..) | Op::Extend(..))).count();
                 debug_assert_eq!(ix.len(), before + added - removed);
                 result.added = added;
                 result.refreshed = adds_applied - added;
@@ -240,23 +237,24 @@ impl PyDecisionIndex {
         out.map_err(|e| to_py(py, e))
     }
 
-    /// A parsed stream's operations as batch items; types not in the priorities become `fallback`.
+    /// A parsed stream's operations as batch items; types not in `stream_types` (default: the
+    /// priorities) become `fallback`.
+    #[allow(clippy::too_many_arguments)]
     fn stream_items(
         &self,
         ops: &StreamOps,
         fallback: Option<&str>,
+        stream_types: Option<&[String]>,
         now: f64,
         adds: &mut Vec<AddItem>,
         pairs: &mut Pairs,
         removes: &mut Vec<RemoveItem>,
     ) -> PyResult<()> {
-        let priorities = self.inner.read().priorities().to_vec();
-        let mapped = |kind: &str| -> String {
-            match fallback {
-                Some(f) if !priorities.iter().any(|p| p == kind) => f.to_owned(),
-                _ => kind.to_owned(),
-            }
+        let kept = match stream_types {
+            Some(t) => t.to_vec(),
+            None => self.inner.read().priorities().to_vec(),
         };
+        let mapped = |kind: &str| stored_type(kind, &kept, fallback).to_owned();
         let names: Vec<(String, Option<String>)> =
             ops.pairs.iter().map(|(o, k)| (o.clone(), k.as_deref().map(mapped))).collect();
         for &(net, pair) in &ops.removes {
@@ -271,7 +269,7 @@ impl PyDecisionIndex {
                 let (o, k) = &names[pair as usize];
                 pairs.id(o, k.as_deref().unwrap_or_default())
             });
-            adds.push(AddItem { net, normalized, pair: id, exp: expiry(now, Some(ttl))? });
+            adds.push(AddItem { net, normalized, pair: id, exp: expiry(now, Some(ttl))?, rule: AddRule::Extend });
         }
         Ok(())
     }
@@ -293,6 +291,7 @@ impl PyDecisionIndex {
                 normalized,
                 pair: pairs.id(origin, remediation),
                 exp,
+                rule: AddRule::Replace,
             }));
         }
         let Ok(t) = item.cast::<PyTuple>() else {
@@ -319,6 +318,7 @@ impl PyDecisionIndex {
             normalized,
             pair: pairs.id(org, rem),
             exp,
+            rule: AddRule::Replace,
         }))
     }
 }
@@ -363,11 +363,11 @@ impl PyDecisionIndex {
         now: Option<f64>,
         strict: bool,
     ) -> PyResult<BatchResult> {
-        self.apply(py, Some(items), None, remediation, ttl, origin, now, strict, None, None)
+        self.apply(py, Some(items), None, remediation, ttl, origin, now, strict, None, None, None)
     }
 
     /// Applies removals then additions as one atomic batch.
-    #[pyo3(signature = (add = None, remove = None, *, remediation = "ban", ttl = None, origin = "manual", now = None, strict = true, stream = None, fallback = None))]
+    #[pyo3(signature = (add = None, remove = None, *, remediation = "ban", ttl = None, origin = "manual", now = None, strict = true, stream = None, fallback = None, stream_types = None))]
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -381,7 +381,12 @@ impl PyDecisionIndex {
         strict: bool,
         stream: Option<PyRef<'_, ParsedStream>>,
         fallback: Option<&str>,
+        stream_types: Option<Vec<String>>,
     ) -> PyResult<BatchResult> {
+        if stream_types.is_some() && fallback.is_none() {
+            // Without a fallback every type is kept as is: stream_types would silently do nothing.
+            return Err(PyValueError::new_err("stream_types needs fallback= (what the other types become)"));
+        }
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
         let mut result = BatchResult::default();
@@ -389,7 +394,7 @@ impl PyDecisionIndex {
         let mut pairs = Pairs::default();
         let mut removes = Vec::new();
         if let Some(s) = &stream {
-            self.stream_items(&s.ops, fallback, now, &mut adds, &mut pairs, &mut removes)?;
+            self.stream_items(&s.ops, fallback, stream_types.as_deref(), now, &mut adds, &mut pairs, &mut removes)?;
             result.skipped += s.ops.skipped;
         }
         if let Some(items) = add {

@@ -122,6 +122,18 @@ impl Slot {
     /// Inserts a decision or replaces the expiry of the one with the same tag.
     /// Returns the previous expiry when the tag was already present.
     pub fn upsert(&mut self, sets: &mut Sets, d: Dec) -> Option<u64> {
+        self.put(sets, d, false)
+    }
+
+    /// Inserts a decision or, when the tag is already present, keeps the later of the two
+    /// expiries (stream answers may carry the same decision twice with different durations,
+    /// and it must stay active while either is). Returns the previous expiry if present.
+    pub fn extend(&mut self, sets: &mut Sets, d: Dec) -> Option<u64> {
+        self.put(sets, d, true)
+    }
+
+    fn put(&mut self, sets: &mut Sets, d: Dec, keep_later: bool) -> Option<u64> {
+        let exp = |prev: u64| if keep_later { prev.max(d.exp) } else { d.exp };
         match self.tag {
             EMPTY => {
                 *self = Slot::one(d);
@@ -131,7 +143,7 @@ impl Slot {
                 let v = &mut sets.sets[self.lo as usize];
                 if let Some(old) = v.iter_mut().find(|o| o.tag == d.tag) {
                     let prev = old.exp;
-                    old.exp = d.exp;
+                    old.exp = exp(prev);
                     Some(prev)
                 } else {
                     v.push(d);
@@ -140,7 +152,7 @@ impl Slot {
             }
             t if t == d.tag => {
                 let prev = self.exp();
-                *self = Slot::one(d);
+                *self = Slot::one(Dec { exp: exp(prev), tag: t });
                 Some(prev)
             }
             _ => {
@@ -219,6 +231,28 @@ mod tests {
         assert!(s.is_empty());
         assert_eq!(s.upsert(&mut sets, Dec { exp: NEVER, tag: 3 }), None);
         assert_eq!(s.best(&sets, NEVER - 1, &ranks), 2);
+    }
+
+    #[test]
+    fn extend_keeps_the_later_expiry() {
+        let mut sets = Sets::default();
+        let mut s = Slot::default();
+        let ranks = [NO_KEY, 0, 1];
+        assert_eq!(s.extend(&mut sets, Dec { exp: 100, tag: 1 }), None);
+        assert_eq!(s.extend(&mut sets, Dec { exp: 50, tag: 1 }), Some(100));
+        assert_eq!(s.best(&sets, 99, &ranks), 0, "the shorter add did not shorten it");
+        assert_eq!(s.extend(&mut sets, Dec { exp: 150, tag: 1 }), Some(100));
+        assert_eq!(s.best(&sets, 149, &ranks), 0, "the longer one lengthened it");
+        // The same in a multi-decision set.
+        assert_eq!(s.extend(&mut sets, Dec { exp: 70, tag: 2 }), None);
+        assert_eq!(s.extend(&mut sets, Dec { exp: 10, tag: 2 }), Some(70));
+        assert_eq!(s.extend(&mut sets, Dec { exp: 20, tag: 1 }), Some(150));
+        assert_eq!(s.best(&sets, 60, &ranks), 0);
+        assert_eq!(s.best(&sets, 149, &ranks), 0);
+        assert_eq!(s.best(&sets, 150, &ranks), NO_KEY);
+        // upsert still replaces.
+        assert_eq!(s.upsert(&mut sets, Dec { exp: 20, tag: 1 }), Some(150));
+        assert_eq!(s.best(&sets, 60, &ranks), 1, "tag 1 now ends at 20, tag 2 at 70");
     }
 
     #[test]

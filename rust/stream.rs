@@ -54,6 +54,17 @@ impl StreamOps {
     }
 }
 
+/// The remediation a stream decision of type `kind` is stored as: `kind` itself when it is one
+/// of `kept` (or when there is no `fallback`), else `fallback`. The engine keeps "allow" among
+/// its priorities for its own allowlists but not among the stream types it trusts, so a LAPI
+/// "allow" decision becomes the fallback instead of lifting bans.
+pub fn stored_type<'a>(kind: &'a str, kept: &[String], fallback: Option<&'a str>) -> &'a str {
+    match fallback {
+        Some(f) if !kept.iter().any(|k| k == kind) => f,
+        _ => kind,
+    }
+}
+
 /// Seconds in a Go duration (`"147h3m2.5s"`, `"-1s"`, `"500ms"`), or None when it is not one.
 pub fn parse_go_duration(text: &str) -> Option<f64> {
     let (negative, mut rest) = match text.as_bytes().first() {
@@ -570,6 +581,17 @@ mod tests {
         assert_eq!(ops.skipped, 2);
         assert_eq!(ops.pairs[ops.adds[1].2 as usize], ("CAPI".to_owned(), Some("captcha".to_owned())));
         assert!((ops.adds[0].3 - (3.0 * 3600.0 + 59.0 * 60.0 + 59.65)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn stream_types_not_kept_become_the_fallback() {
+        let kept = ["ban".to_owned(), "captcha".to_owned()];
+        assert_eq!(stored_type("ban", &kept, Some("ban")), "ban");
+        assert_eq!(stored_type("captcha", &kept, Some("ban")), "captcha");
+        assert_eq!(stored_type("allow", &kept, Some("ban")), "ban");
+        assert_eq!(stored_type("custom", &kept, Some("captcha")), "captcha");
+        assert_eq!(stored_type("allow", &kept, None), "allow", "no fallback: every type kept");
+        assert_eq!(stored_type("ban", &[], Some("captcha")), "captcha");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::bits::Bits;
 use crate::hosts::Hosts;
-use crate::slot::{Dec, Key, Sets, Slot, NEVER, NO_KEY};
-use crate::trie::Trie;
+use crate::slot::{Dec, Key, Sets, Slot, NEVER, NO_KEY, NO_RANK};
+use crate::trie::{Trie, SPLIT};
 use hashbrown::HashMap;
 use std::collections::BTreeSet;
 
@@ -71,6 +71,14 @@ pub struct Table<K: Bits> {
     ranges: usize,
     host_exp: Expiry<K>,
     range_exp: Expiry<(K, u8)>,
+    /// Tag -> number of "inner" decisions held (single addresses and prefixes of /16 or
+    /// longer: what a block summary does not see). Counted by tag, not rank, because tags are
+    /// stable while ranks change when a remediation is interned.
+    inner: Vec<u32>,
+    /// The settle rank: the most severe rank among inner decisions (NO_RANK when none). A block
+    /// summary whose rank is at most this answers a lookup alone, since nothing inner can
+    /// outrank it. Recomputed by [`Table::finish`] and [`Table::summarize`].
+    settle: u16,
 }
 
 impl<K: Bits> Default for Table<K> {
@@ -82,6 +90,8 @@ impl<K: Bits> Default for Table<K> {
             ranges: 0,
             host_exp: Expiry::default(),
             range_exp: Expiry::default(),
+            inner: Vec::new(),
+            settle: NO_RANK,
         }
     }
 }
@@ -92,14 +102,47 @@ impl<K: Bits> Table<K> {
         self.hosts.reserve(n);
     }
 
-    /// The answer for `addr` when its block's summary alone gives it (the most severe rank),
-    /// without touching the host table: the cheap first step of batch lookups.
+    /// The answer for `addr` when its block's summary alone gives it (a rank no inner decision
+    /// can beat; possibly NO_KEY), without touching the host table: the cheap first step of
+    /// batch lookups.
     #[inline]
     pub fn settled(&self, addr: K, now: u64) -> Option<Key> {
         if self.ranges == 0 {
             return None;
         }
-        self.trie.short_best(addr, now).filter(|k| k >> 16 == 0)
+        self.trie.short_best(addr, now).filter(|&k| self.settles(k))
+    }
+
+    /// True when summary key `k` is the answer: no inner decision has a more severe rank. On
+    /// equal rank an inner decision with a lower tag may be passed over; that is the tie rule
+    /// of the fast path (same remediation, the first decision met names the origin).
+    #[inline]
+    fn settles(&self, k: Key) -> bool {
+        k >> 16 <= Key::from(self.settle)
+    }
+
+    /// The most severe rank among inner decisions, NO_RANK when none; `keys` maps tags to keys.
+    fn settle_rank(&self, keys: &[Key]) -> u16 {
+        self.inner
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            // A tag without a key cannot happen; rank 0 then only costs the fast path.
+            .map(|(t, _)| keys.get(t).map_or(0, |k| (k >> 16) as u16))
+            .min()
+            .unwrap_or(NO_RANK)
+    }
+
+    /// The current settle rank (see [`Table::settled`]).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) -> u16 {
+        self.settle
+    }
+
+    /// The key of the one-bit fast path (NO_KEY when none).
+    #[cfg(test)]
+    pub(crate) fn common_key(&self) -> Key {
+        self.trie.common_key()
     }
 
     /// Warms the cache line where a lookup of `addr` will probe.
@@ -123,12 +166,23 @@ impl<K: Bits> Table<K> {
     pub fn finish(&mut self, keys: &[Key]) {
         if self.trie.finish() {
             self.summarize(keys);
+            return;
+        }
+        // The short prefixes are unchanged, but inner decisions may have come or gone (an
+        // allowed address inside a banned /8): the settle rank must follow, or a summary would
+        // answer over a decision that outranks it.
+        let settle = self.settle_rank(keys);
+        if settle != self.settle {
+            self.settle = settle;
+            self.trie.set_common(settle);
         }
     }
 
     /// Rebuilds every block's summary of its covering short prefixes (after the short prefixes
     /// or the tag keys changed): the best key and until when a decision with it stays active.
+    /// Also recomputes the settle rank, which follows the tag keys.
     pub fn summarize(&mut self, keys: &[Key]) {
+        self.settle = self.settle_rank(keys);
         for b in 0..self.trie.block_count() {
             let (mut best, mut until) = (NO_KEY, 0u64);
             for s in self.trie.short_run(b) {
@@ -144,26 +198,58 @@ impl<K: Bits> Table<K> {
             let until = if best == NO_KEY { u32::MAX } else { (until / 1000).min(u64::from(u32::MAX)) as u32 };
             self.trie.set_summary(b, best, until);
         }
-        self.trie.set_common();
+        self.trie.set_common(self.settle);
     }
 
-    /// Adds decision `d` on `key/len`, or refreshes its expiry. Returns true if it is new.
-    pub fn upsert(&mut self, key: K, len: u8, d: Dec) -> bool {
-        if len == K::BITS {
-            let old = self.hosts.entry(key).upsert(&mut self.sets, d);
-            self.host_exp.note(old, d.exp, key);
-            return old.is_none();
+    /// Adds decision `d` on `key/len`, or, when it is held, replaces its expiry (or with
+    /// `keep_later`, keeps the later of the two). Returns true if it is new.
+    pub fn upsert(&mut self, key: K, len: u8, d: Dec, keep_later: bool) -> bool {
+        let put = |s: &mut Slot, sets: &mut Sets| if keep_later { s.extend(sets, d) } else { s.upsert(sets, d) };
+        let old = if len == K::BITS {
+            let old = put(self.hosts.entry(key), &mut self.sets);
+            self.host_exp.note(old, Self::kept(old, d.exp, keep_later), key);
+            old
+        } else {
+            let slot = self.trie.slot_mut(key, len);
+            let was_empty = slot.is_empty();
+            let old = put(slot, &mut self.sets);
+            self.ranges += usize::from(was_empty);
+            self.range_exp.note(old, Self::kept(old, d.exp, keep_later), (key, len));
+            old
+        };
+        if old.is_none() && len >= SPLIT {
+            let t = d.tag as usize;
+            if self.inner.len() <= t {
+                self.inner.resize(t + 1, 0);
+            }
+            self.inner[t] += 1;
         }
-        let slot = self.trie.slot_mut(key, len);
-        let was_empty = slot.is_empty();
-        let old = slot.upsert(&mut self.sets, d);
-        self.ranges += usize::from(was_empty);
-        self.range_exp.note(old, d.exp, (key, len));
         old.is_none()
     }
 
+    /// The expiry held after an upsert of `exp` over `old`.
+    fn kept(old: Option<u64>, exp: u64, keep_later: bool) -> u64 {
+        match old {
+            Some(o) if keep_later => o.max(exp),
+            _ => exp,
+        }
+    }
+
     /// Removes the decisions on exactly `key/len` for which `drop` is true.
-    pub fn remove(&mut self, key: K, len: u8, drop: impl FnMut(Dec) -> bool) -> usize {
+    pub fn remove(&mut self, key: K, len: u8, mut drop: impl FnMut(Dec) -> bool) -> usize {
+        // Each removed inner decision leaves the per-tag counts behind the settle rank.
+        let inner = &mut self.inner;
+        let counted = len >= SPLIT;
+        let drop = |d: Dec| {
+            let gone = drop(d);
+            if gone && counted {
+                if let Some(n) = inner.get_mut(d.tag as usize) {
+                    debug_assert!(*n > 0, "inner count of tag {} underflows", d.tag);
+                    *n = n.saturating_sub(1);
+                }
+            }
+            gone
+        };
         if len == K::BITS {
             let sets = &mut self.sets;
             return self.hosts.update(key, |s| s.remove(sets, drop)).unwrap_or(0);
@@ -192,12 +278,12 @@ impl<K: Bits> Table<K> {
             host(&mut best);
             return best;
         }
-        // The block entry first: when the short prefixes covering the whole /16 already give
-        // the most severe remediation (rank 0), neither the host table nor the block's trie can
-        // outrank it, and their cache misses are saved.
+        // The block entry first: when the short prefixes covering the whole /16 give a rank no
+        // inner decision has beaten (the settle rank), neither the host table nor the block's
+        // trie can outrank it, and their cache misses are saved.
         let short = self.trie.short_best(addr, now);
         match short {
-            Some(k) if k >> 16 == 0 => return k,
+            Some(k) if self.settles(k) => return k,
             Some(k) => best = k,
             None => self.trie.covering_short(addr, |s| best = best.min(s.best(&self.sets, now, ranks))),
         }
@@ -297,5 +383,6 @@ impl<K: Bits> Table<K> {
             + self.sets.heap_bytes()
             + self.host_exp.heap_bytes()
             + self.range_exp.heap_bytes()
+            + self.inner.capacity() * 4
     }
 }

@@ -28,7 +28,7 @@ struct Node<K> {
 }
 
 /// Prefixes shorter than this share the short trie; longer ones go to their block's trie.
-const SPLIT: u8 = 16;
+pub(crate) const SPLIT: u8 = 16;
 
 /// The prefix forest of one address family.
 #[derive(Debug, Clone)]
@@ -47,16 +47,17 @@ pub struct Trie<K> {
     short_dirty: bool,
     /// One per block (see [`Summary`]); empty until the first range arrives.
     summaries: Vec<Summary>,
-    /// The commonest most-severe summary key, the blocks whose summary it is (one bit each,
-    /// 8 KiB: cache-resident where the 512 KiB of summaries are not), and until when (seconds)
-    /// all of them hold. Lets most lookups in heavily covered space answer from one bit.
+    /// The commonest summary key among those that settle lookups (see [`Trie::set_common`]),
+    /// the blocks whose summary it is (one bit each, 8 KiB: cache-resident where the 512 KiB
+    /// of summaries are not), and until when (seconds) all of them hold. Lets most lookups in
+    /// heavily covered space answer from one bit.
     common: Common,
 }
 
 /// See [`Trie::common`].
 #[derive(Debug, Clone)]
 struct Common {
-    /// A rank-0 key (NO_KEY when no summary has one).
+    /// A summary key (NO_KEY when no summary holds a decision).
     key: Key,
     /// In seconds: every flagged block's summary holds while `now` is below `until * 1000`.
     until: u32,
@@ -310,7 +311,8 @@ impl<K: Bits> Trie<K> {
     }
 
     /// The best key of the short prefixes covering `addr` at `now` (ms) if the block's summary
-    /// answers it (`NO_KEY` when none covers it); None when the short slots must be read.
+    /// (or the common key) gives it (`NO_KEY` when none covers it); None when the short slots
+    /// must be read. Whether that key is the answer is the caller's business (its settle rank).
     #[inline]
     pub fn short_best(&self, addr: K, now: u64) -> Option<Key> {
         let b = addr.top16();
@@ -335,14 +337,27 @@ impl<K: Bits> Trie<K> {
         self.summaries[b] = Summary { best, until };
     }
 
-    /// Rebuilds [`Trie::common`] from the summaries (after `set_summary` of every block).
+    /// Rebuilds [`Trie::common`] from the summaries (after `set_summary` of every block, or
+    /// when the family's settle rank changed).
     ///
-    /// The key is the most-severe summary key held by the most blocks. The bit set covers the
-    /// blocks holding it, except the tenth whose summaries expire first: one short-lived prefix
-    /// would otherwise end the fast path for every block at its expiry.
-    pub fn set_common(&mut self) {
+    /// A summary key settles a lookup when its rank is at most `settle` (no decision of a
+    /// host or of a long prefix can outrank it), so the key is the commonest among those that
+    /// settle: a short allowlisted range ranked above ban must not take the one-bit path away
+    /// from the many blocks under ban /8s. When none settles, it is the commonest of the most
+    /// severe rank present (it still saves reading the summary). The choice only matters for
+    /// speed: callers check the key against the settle rank of the moment.
+    ///
+    /// The bit set covers the blocks holding the key, except the tenth whose summaries expire
+    /// first: one short-lived prefix would otherwise end the fast path for every block at its
+    /// expiry.
+    pub fn set_common(&mut self, settle: u16) {
+        let Some(severest) = self.summaries.iter().filter(|s| s.best != NO_KEY).map(|s| s.best >> 16).min() else {
+            self.common = Common::default();
+            return;
+        };
+        let limit = Key::from(settle).max(severest);
         let mut counts = std::collections::HashMap::new();
-        for s in self.summaries.iter().filter(|s| s.best >> 16 == 0) {
+        for s in self.summaries.iter().filter(|s| s.best != NO_KEY && s.best >> 16 <= limit) {
             *counts.entry(s.best).or_insert(0usize) += 1;
         }
         let Some(key) = counts.into_iter().max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))).map(|(k, _)| k) else {
@@ -359,6 +374,12 @@ impl<K: Bits> Trie<K> {
             }
         }
         self.common = Common { key, until, bits };
+    }
+
+    /// The key of the one-bit fast path (NO_KEY when there is none).
+    #[cfg(test)]
+    pub(crate) fn common_key(&self) -> Key {
+        self.common.key
     }
 
     /// Loads what a lookup of `addr` will read first (its block entry).

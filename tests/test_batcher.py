@@ -132,7 +132,8 @@ CHILD = textwrap.dedent(
     import sys
     from capi_fast import CapiClient, FileStorage, Signal
     directory, url = sys.argv[1], sys.argv[2]
-    c = CapiClient(user_agent="child/1", scenarios=[], base_url=url, storage=FileStorage(directory), timeout=30)
+    c = CapiClient(user_agent="child/1", scenarios=["mywaf/login-bruteforce"], base_url=url,
+                  storage=FileStorage(directory), timeout=30, metrics_interval=None)
     b = c.signal_batcher(start=False)
     for i in range(1000):
         b.add(Signal.decision(f"10.9.{i // 256}.{i % 256}", "mywaf/login-bruteforce", duration=60))

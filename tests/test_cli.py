@@ -67,7 +67,9 @@ def test_render_refuses_bad_names_and_formats():
 
 
 def test_errors_exit_2_with_a_message(capsys, tmp_path):
-    code = main(["--home", str(tmp_path), "--url", "http://127.0.0.1:9/", "--retries", "0", "register"])
+    code = main(
+        ["--home", str(tmp_path), "--url", "http://127.0.0.1:9/", "--retries", "0", "--scenario", "a/b", "register"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "ServerError" in err and "cannot reach" in err
 
@@ -81,7 +83,7 @@ def test_simulate_serves(tmp_path):
         line = proc.stdout.readline()
         assert line.startswith("CAPI simulator at http://127.0.0.1:")
         url = line.split(" at ")[1].strip()
-        code = main(["--home", str(tmp_path), "--url", url, "refresh"])
+        code = main(["--home", str(tmp_path), "--url", url, "--scenario", "mywaf/x", "refresh"])
         assert code == 0
     finally:
         proc.terminate()

@@ -35,6 +35,7 @@ def make(sim: CapiSimulator, clock: Clock, sleeps: list[float] | None = None, **
     record = sleeps if sleeps is not None else []
     kw.setdefault("storage", MemoryStorage())
     kw.setdefault("timeout", 2.0)
+    kw.setdefault("metrics_interval", None)  # the automatic metrics push has its own tests
     return CapiClient(
         user_agent="mywaf/2.1",
         scenarios=["mywaf/login-bruteforce"],
@@ -53,7 +54,8 @@ def test_first_use_registers_logs_in_and_sends_user_agent(sim, clock):
     with make(sim, clock) as c:
         assert c.get_stream_decisions(startup=True)["new"] == []
     assert [r.path for r in sim.requests] == ["/v3/watchers", "/v3/watchers/login", "/v3/decisions/stream"]
-    assert all(r.user_agent.startswith("capi-fast/") and r.user_agent.endswith(" mywaf/2.1") for r in sim.requests)
+    # The integration's own token first (the vendor tells integrations apart by it), then ours.
+    assert all(r.user_agent.startswith("mywaf/2.1 capi-fast/") for r in sim.requests)
     assert list(sim.watchers.values()) == [["mywaf/login-bruteforce"]]
 
 
@@ -187,7 +189,13 @@ def test_other_4xx_raise_at_once(sim, clock):
 def test_unreachable_capi_is_a_server_error(clock):
     sleeps: list[float] = []
     with CapiClient(
-        user_agent="x/1", scenarios=[], base_url="http://127.0.0.1:9/", clock=clock, sleep=sleeps.append, retries=1
+        user_agent="x/1",
+        scenarios=["x/y"],
+        base_url="http://127.0.0.1:9/",
+        clock=clock,
+        sleep=sleeps.append,
+        retries=1,
+        metrics_interval=None,
     ) as c:
         with pytest.raises(ServerError, match="cannot reach"):
             c.login()
@@ -224,7 +232,7 @@ def test_blocklist_download_and_304(sim, clock):
 
 def test_enroll_and_metrics(sim, clock):
     with make(sim, clock) as c:
-        c.enroll("attach-key", name="web-01", tags=["prod"])
+        c.enroll("attachKey123", name="web-01", tags=["prod"])
         c.push_metrics({"bouncers": [], "machines": []})
         with pytest.raises(ConfigurationError):
             c.enroll("")
@@ -277,6 +285,7 @@ def test_async_client_parity(sim, clock):
             clock=clock,
             sleep=sleep,
             storage=MemoryStorage(),
+            metrics_interval=None,
         ) as c:
             doc = await c.get_stream_decisions(startup=True)
             assert doc["new"][0]["decisions"][0]["value"] == "192.0.2.1"
@@ -287,7 +296,7 @@ def test_async_client_parity(sim, clock):
             bl = await c.fetch_blocklist(doc["links"]["blocklists"][0])
             assert bl.values == ["198.51.100.1"]
             await c.enroll("k")
-            await c.push_metrics({"bouncers": []})
+            await c.push_metrics({"bouncers": [], "machines": []})
             with pytest.raises(InvalidSignal):
                 await c.push_signals(["nope"])  # type: ignore[list-item]
 

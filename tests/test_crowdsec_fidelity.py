@@ -28,7 +28,12 @@ def crowdsec(tmp_path: Path) -> Iterator[tuple[CapiSimulator, Path, subprocess.P
     with CapiSimulator() as sim:
         storage = MemoryStorage()
         with CapiClient(
-            user_agent="fidelity-test/1", scenarios=[], base_url=sim.url, api_version="v2", storage=storage
+            user_agent="fidelity-test/1",
+            scenarios=["crowdsecurity/ssh-bf"],
+            base_url=sim.url,
+            api_version="v2",
+            storage=storage,
+            metrics_interval=None,
         ) as c:
             c.login()  # registers the watcher crowdsec will use
         creds = storage.load_credentials()
@@ -74,3 +79,7 @@ def test_real_crowdsec_logs_in_pulls_and_pushes(crowdsec):
     signals = wait_for("the ssh-bf signal", attack_and_check, 150, proc, log)
     assert signals[0]["scenario"].startswith("crowdsecurity/ssh")
     assert signals[0]["start_at"] and signals[0]["stop_at"]
+    # The simulator enforces CAPI's schema: a real crowdsec must never be refused by it.
+    crowdsec_calls = [r for r in sim.requests if "capi-fast/" not in r.user_agent]
+    refused = [(r.method, r.path, r.status) for r in crowdsec_calls if r.status >= 400]
+    assert not refused, refused

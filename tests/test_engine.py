@@ -103,7 +103,7 @@ def test_failed_refresh_keeps_serving_and_says_why(sim, client, clock):
 def test_failed_list_keeps_its_previous_content(sim, clock):
     sim.add_blocklist("l", ["192.0.2.9"])
     with CapiClient(
-        user_agent="t/1", scenarios=[], base_url=sim.url, clock=clock, sleep=lambda _: None, retries=1, timeout=0.3
+        user_agent="t/1", scenarios=["t/x"], base_url=sim.url, clock=clock, sleep=lambda _: None, retries=1, timeout=0.3
     ) as client:
         e = RemediationEngine(client, clock=clock, min_interval=0)
         e.refresh_decisions()

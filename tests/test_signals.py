@@ -49,7 +49,10 @@ def test_each_signal_gets_its_own_uuid_unless_given():
     assert Signal.whisper("192.0.2.1", "a/b", uuid=fixed).uuid == fixed
 
 
-@pytest.mark.parametrize("scenario", ["", "nolsash", "My/Scenario", "a/b/c", "a b/c", "a/", "/b", "a/b\n", "é/b", 42])
+@pytest.mark.parametrize(
+    "scenario",
+    ["", "nolsash", "my-waf/x", "a" * 17 + "/b", "a/" + "b" * 65, "a/b/c", "a b/c", "a/", "/b", "a/b\n", "é/b", 42],
+)
 def test_scenario_names_are_checked(scenario):
     with pytest.raises(InvalidSignal):
         Signal.whisper("192.0.2.1", scenario)

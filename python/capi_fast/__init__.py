@@ -9,7 +9,7 @@ from __future__ import annotations
 from capi_fast._native import BatchResult, DecisionIndex
 from capi_fast._native import __version__ as __version__
 from capi_fast.async_engine import AsyncRemediationEngine
-from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, Blocklist, CapiClient
+from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, CapiClient
 from capi_fast.engine import RefreshReport, RemediationEngine
 from capi_fast.errors import (
     AuthenticationError,
@@ -18,6 +18,7 @@ from capi_fast.errors import (
     ConfigurationError,
     InvalidDecision,
     InvalidIP,
+    InvalidMetrics,
     InvalidSignal,
     RateLimitError,
     ServerError,
@@ -25,18 +26,22 @@ from capi_fast.errors import (
     StorageError,
 )
 from capi_fast.lapi import AsyncLapiClient, LapiClient
+from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink
 from capi_fast.signals import Signal
 from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
 __all__ = [
     "DEV_URL",
     "PROD_URL",
+    "Allowlist",
+    "AllowlistLink",
     "AsyncCapiClient",
     "AsyncLapiClient",
     "AsyncRemediationEngine",
     "AuthenticationError",
     "BatchResult",
     "Blocklist",
+    "BlocklistLink",
     "CapiClient",
     "CapiError",
     "CapiFastError",
@@ -46,6 +51,7 @@ __all__ = [
     "FileStorage",
     "InvalidDecision",
     "InvalidIP",
+    "InvalidMetrics",
     "InvalidSignal",
     "LapiClient",
     "MemoryStorage",

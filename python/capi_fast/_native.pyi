@@ -47,10 +47,10 @@ class BatchResult:
         """Decisions that were not held before."""
     @property
     def refreshed(self) -> int:
-        """Decisions already held whose expiry was replaced."""
+        """Decisions already held whose expiry was replaced (for a stream's adds: kept or extended)."""
     @property
     def removed(self) -> int:
-        """Decisions removed (including ones re-added already expired)."""
+        """Decisions removed (including ones re-added already expired, outside a stream)."""
     @property
     def skipped(self) -> int:
         """Malformed items skipped (only with ``strict=False``)."""
@@ -64,7 +64,7 @@ class DecisionIndex:
 
     An address gets the highest-priority remediation among every active decision covering it
     (not the longest match). A decision is keyed by (network, origin, remediation); adding it
-    again replaces its expiry. Expiry has millisecond resolution and a decision is active while
+    again replaces its expiry (a stream answer's adds only lengthen it, see ``apply``). Expiry has millisecond resolution and a decision is active while
     ``expiry > now``; expired decisions are never returned, purged or not. IPv4-mapped IPv6
     addresses answer as IPv4. Every time-dependent method takes ``now`` (Unix seconds).
 
@@ -117,13 +117,26 @@ class DecisionIndex:
         strict: bool = True,
         stream: ParsedStream | None = None,
         fallback: str | None = None,
+        stream_types: Sequence[str] | None = None,
     ) -> BatchResult:
         """Applies removals, then additions, as one atomic batch.
 
         A remove item is a value or ``(value, origin, remediation)`` (None matches any).
-        ``stream``'s removals and additions come first in the batch; with ``fallback``, a stream
-        decision type that is not one of the priorities becomes ``fallback``; its skipped items
-        are counted in the result. Lookups see the whole batch or none of it.
+        Lookups see the whole batch or none of it.
+
+        ``stream``'s removals and additions come first in the batch; its skipped items are
+        counted in the result. Its additions never shorten a decision: one already held (from an
+        earlier answer, or earlier in the same answer, as when CAPI lists an address under two
+        scenarios) keeps the later of the two expiries, as crowdsec keeps an address banned while
+        any of its decisions is active. A stream addition whose duration is already over changes
+        nothing and is counted nowhere (outside a stream, such an addition removes the decision).
+        A stream addition that keeps or extends a held decision counts as ``refreshed``.
+
+        With ``fallback``, a stream decision type (of an addition or of a removal) that is not one
+        of ``stream_types`` becomes ``fallback``; ``stream_types`` defaults to the priorities.
+        Passing ``stream_types=["ban", "captcha"]`` to an index ranking ``["allow", "ban",
+        "captcha"]`` makes a stream's "allow" decision the fallback instead of an allowlist entry.
+        Without ``fallback`` every type is kept as it is, and ``stream_types`` raises ValueError.
         """
     def remove(self, value: str, origin: str | None = None, remediation: str | None = None) -> int:
         """Removes the decisions on exactly ``value``, optionally of one origin/remediation."""

@@ -12,10 +12,11 @@ import asyncio
 import time
 
 from capi_fast._native import parse_stream
-from capi_fast.client import AsyncCapiClient, Blocklist
+from capi_fast.client import AsyncCapiClient
 from capi_fast.engine import RefreshReport, _Engine, _ListPlan
 from capi_fast.errors import CapiError
 from capi_fast.lapi import AsyncLapiClient
+from capi_fast.lists import Allowlist, AllowlistLink, Blocklist
 
 __all__ = ["AsyncRemediationEngine"]
 
@@ -41,9 +42,12 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
                 parsed = await asyncio.to_thread(parse_stream, body)
             except CapiError as e:
                 return self._failed(startup, e)
-            plans = self._list_plans(parsed)
+            plans, bad_links = self._list_plans(parsed)
             fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans))
-            return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started)
+            report = await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
+        if isinstance(source, AsyncCapiClient):
+            source.metrics_tick()
+        return report
 
     def _async_lock(self) -> asyncio.Lock:
         # Created on first use, inside the running loop.
@@ -53,8 +57,10 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
         return lock
 
     @staticmethod
-    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | CapiError:
+    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | Allowlist | CapiError:
         try:
+            if isinstance(plan.link, AllowlistLink):
+                return await source.fetch_allowlist(plan.link, if_modified_since=plan.since)
             return await source.fetch_blocklist(plan.link, if_modified_since=plan.since)
         except CapiError as e:
             return e

@@ -19,7 +19,7 @@ from typing import Any
 from capi_fast.client import PROD_URL, CapiClient
 from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
-from capi_fast.errors import CapiFastError
+from capi_fast.errors import CapiFastError, ConfigurationError, StorageError
 from capi_fast.export import FORMATS, render
 from capi_fast.lapi import LapiClient
 from capi_fast.storage import FileStorage
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("CAPI_FAST_LAPI_KEY"), help="LAPI bouncer key")
     p.add_argument("--user-agent", default="capi-fast-cli/1")
     p.add_argument("--scenario", action="append", default=[], help="scenario this machine detects (repeatable)")
-    p.add_argument("--prefix", default="", help="machine_id prefix")
+    p.add_argument("--prefix", default=None, help="machine_id prefix (remembered by register)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--retries", type=int, default=4, help="retries of a failed call (with backoff)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,21 +64,61 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_SETTINGS = "cli.json"
+
+
+def _settings(a: argparse.Namespace) -> dict[str, Any]:
+    """What ``register`` was given (scenarios, prefix), so later commands need not repeat it."""
+    try:
+        doc = json.loads((Path(a.home) / _SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _remember(a: argparse.Namespace, scenarios: list[str], prefix: str) -> None:
+    path = Path(a.home) / _SETTINGS
+    tmp = path.with_suffix(".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"scenarios": scenarios, "prefix": prefix}, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: {e}") from None
+
+
 def _client(a: argparse.Namespace) -> CapiClient:
+    saved = _settings(a)
+    scenarios = a.scenario or list(saved.get("scenarios") or [])
+    prefix = a.prefix if a.prefix is not None else str(saved.get("prefix") or "")
+    if not scenarios:
+        raise ConfigurationError(
+            "no scenario: pass --scenario NAME (repeatable) to register; later commands reuse what register was given"
+        )
     return CapiClient(
         user_agent=a.user_agent,
-        scenarios=a.scenario,
+        scenarios=scenarios,
         storage=FileStorage(a.home),
-        machine_id_prefix=a.prefix,
+        machine_id_prefix=prefix,
         base_url=a.url,
         retries=a.retries,
     )
 
 
+def _snapshot(a: argparse.Namespace) -> Path:
+    return Path(a.home) / "decisions.snap"
+
+
 def _engine(a: argparse.Namespace) -> RemediationEngine:
     source: CapiClient | LapiClient
     source = LapiClient(a.lapi_url, a.api_key or "") if a.lapi_url else _client(a)
-    return RemediationEngine(source, snapshot_path=Path(a.home) / "decisions.snap")
+    return RemediationEngine(source, snapshot_path=_snapshot(a))
+
+
+def _offline(a: argparse.Namespace) -> RemediationEngine:
+    """An engine answering from the local snapshot only (no source, no network)."""
+    return RemediationEngine.follow(_snapshot(a))
 
 
 def _print(a: argparse.Namespace, human: str, data: Any) -> None:
@@ -103,6 +143,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "register":
         with _client(a) as c:
             c.login()
+            _remember(a, c.scenarios, c.machine_id_prefix)
             _print(a, f"machine {c.machine_id} registered at {c.base_url}", {"machine_id": c.machine_id})
     elif a.command == "enroll":
         with _client(a) as c:
@@ -122,18 +163,18 @@ def _run(a: argparse.Namespace) -> int:
         _print(a, human, data)
         return 0 if r.performed or r.error == "too soon" else 1
     elif a.command == "check":
-        e = _engine(a)
+        e = _offline(a)
         answers = {ip: e.get_ip_remediation(ip) for ip in a.ips}
         _print(a, "\n".join(f"{ip} {r}" for ip, r in answers.items()), answers)
     elif a.command == "export":
-        idx = _engine(a).index
+        idx = _offline(a).index
         v4 = idx.export_cidrs(a.remediation, family=4) if a.family in ("4", "all") else []
         v6 = idx.export_cidrs(a.remediation, family=6) if a.family in ("6", "all") else []
         sys.stdout.write(render(a.format, a.set_name, v4, v6))
     elif a.command == "status":
         storage = FileStorage(a.home)
         creds = storage.load_credentials()
-        e = _engine(a)
+        e = _offline(a)
         st = e.stats()
         data = {
             "machine_id": creds.machine_id if creds else None,

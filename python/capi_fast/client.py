@@ -2,15 +2,20 @@
 
 ``_BaseClient`` holds the configuration, the credential and token rules, request building,
 response parsing and error mapping, with no I/O; the two clients add only the I/O (the shape of
-httpx's own clients). The vendor's rules it enforces (../shared/reference/sdk-guide.txt):
+httpx's own clients). Registration and login are one plan (``_BaseClient._login_plan``, a
+generator of the public calls to make) that both clients drive. The vendor's rules it enforces
+(the CrowdSec SDK guide, and what crowdsec and php-capi-client do):
 
 - credentials are generated once, registered on first use, stored, and never regenerated once
   CAPI accepted them; a changed ``machine_id_prefix`` (or endpoint) raises ``ConfigurationError``
   unless ``reset_credentials=True`` asks for new ones;
-- the token is renewed shortly before it expires, re-obtained once on a 401 (then the call is
-  replayed), and re-obtained when the scenario list changes;
-- signals go at most 250 per call;
-- a user agent is always sent: ``capi-fast/<version> <user_agent>``.
+- a register whose answer was lost (CAPI stored the machine, the client never learnt it) is
+  followed by a login with the same pair; only when that pair is refused too, and CAPI never
+  accepted it, is a new pair generated (CAPI answers 500 to a register of a known machine_id);
+- the token is renewed shortly before it expires, re-obtained once on a 401 or 403 (then the
+  call is replayed, as crowdsec does), and re-obtained when the scenario list changes;
+- signals go at most 250 per call; JSON bodies say ``Content-Type: application/json``;
+- a user agent is always sent, the integration's own first: ``mywaf/2.1 capi-fast/<version>``.
 
 Transient failures (connection errors, timeouts, 5xx, 429, an unreadable body) are retried with
 exponential backoff and jitter, honouring Retry-After, a bounded number of times; other 4xx raise
@@ -24,8 +29,9 @@ import base64
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -40,17 +46,28 @@ from capi_fast.errors import (
     AuthenticationError,
     CapiError,
     ConfigurationError,
+    InvalidMetrics,
     InvalidSignal,
     RateLimitError,
     ServerError,
 )
-from capi_fast.signals import SCENARIO_RE, Signal
+from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, parse_allowlist, parse_blocklist
+from capi_fast.metrics import METRICS_INTERVAL, Activity, capi_metrics, metrics_problem
+from capi_fast.signals import Signal, scenario_problem
 from capi_fast.storage import Credentials, MemoryStorage, Storage, Token, generate_credentials
 
 if TYPE_CHECKING:
     from capi_fast.batcher import AsyncSignalBatcher, SignalBatcher
 
-__all__ = ["DEV_URL", "MAX_SIGNALS_PER_CALL", "PROD_URL", "AsyncCapiClient", "Blocklist", "CapiClient"]
+__all__ = [
+    "DEV_URL",
+    "MAX_SIGNALS_PER_CALL",
+    "PROD_URL",
+    "Allowlist",
+    "AsyncCapiClient",
+    "Blocklist",
+    "CapiClient",
+]
 
 log = logging.getLogger("capi_fast.client")
 
@@ -58,21 +75,6 @@ PROD_URL = "https://api.crowdsec.net/"
 DEV_URL = "https://api.dev.crowdsec.net/"
 MAX_SIGNALS_PER_CALL = 250
 _FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-@dataclass(frozen=True)
-class Blocklist:
-    """A blocklist download.
-
-    Attributes:
-        modified: False when CAPI answered 304 Not Modified (``values`` is then empty).
-        values: the IPs and CIDRs, one per non-empty line.
-        last_modified: the Last-Modified header, to pass back as ``if_modified_since``.
-    """
-
-    modified: bool
-    values: list[str]
-    last_modified: str | None
 
 
 def _parse_expire(text: str) -> float:
@@ -90,6 +92,47 @@ def _jwt_exp(token: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Public:
+    """An unauthenticated call of the login plan: path under the API version, JSON body, what for logs."""
+
+    path: str
+    body: dict[str, Any]
+    what: str
+
+
+#: Answers after which crowdsec drops its token, logs in again and replays the call.
+_TOKEN_REFUSED = (401, 403)
+_ATTACHMENT_KEY = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
+_VERSION_SUFFIX = re.compile(r"^(.*/)(v[23])/?$")
+
+
+def _refused(e: CapiError) -> bool:
+    """True when CAPI answered a register with a refusal rather than being overloaded.
+
+    CAPI answers 500 to a register of a machine_id it already holds (php-capi-client regenerates
+    its credentials then); 502-504 and 429 are transient.
+    """
+    return e.status == 500 or (e.status is not None and 400 <= e.status < 500 and e.status != 429)
+
+
+def _split_version(url: str) -> tuple[str, str | None]:
+    """``https://api.crowdsec.net/v3/`` -> (``https://api.crowdsec.net/``, ``v3``).
+
+    The PHP and Python SDKs write their base URLs with the version.
+    """
+    url = url if url.endswith("/") else url + "/"
+    m = _VERSION_SUFFIX.match(url)
+    return (m.group(1), m.group(2)) if m else (url, None)
+
+
+def _product(user_agent: str) -> tuple[str, str]:
+    """(name, version) of the integration from its user agent's first token (``mywaf/2.1``)."""
+    first = user_agent.split()[0]
+    name, _, version = first.partition("/")
+    return name, version or "unknown"
+
+
 class _Retry(Exception):
     """A transient failure: wait ``delay`` (or the backoff) and try again."""
 
@@ -102,6 +145,9 @@ class _Retry(Exception):
 class _BaseClient:
     """Configuration, rules and wire formats shared by the sync and async clients."""
 
+    #: CAPI clients need a scenario list (crowdsec pulls nothing without one); LAPI clients do not.
+    _needs_scenarios = True
+
     def __init__(
         self,
         *,
@@ -110,7 +156,7 @@ class _BaseClient:
         storage: Storage | None = None,
         machine_id_prefix: str = "",
         base_url: str = PROD_URL,
-        api_version: str = "v3",
+        api_version: str | None = None,
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
@@ -118,25 +164,40 @@ class _BaseClient:
         max_retry_after: float = 120.0,
         renew_before: float = 60.0,
         reset_credentials: bool = False,
+        metrics_interval: float | None = METRICS_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(user_agent, str) or not user_agent.strip() or any(c in user_agent for c in "\r\n"):
             raise ConfigurationError(
                 "user_agent is required (e.g. 'mywaf/2.1'): CAPI uses it to tell integrations apart"
             )
+        if isinstance(scenarios, str):
+            raise ConfigurationError("scenarios must be a list of names, not one str")
         scenarios = list(scenarios)
-        for s in scenarios:
-            if not isinstance(s, str) or not SCENARIO_RE.fullmatch(s):
-                raise ConfigurationError(f"scenario {s!r} must match {SCENARIO_RE.pattern}")
+        if self._needs_scenarios and not scenarios:
+            raise ConfigurationError(
+                "scenarios must name at least one scenario your software detects (e.g. ['mywaf/login-bruteforce']): "
+                "CAPI shares no decisions with a machine that declares none"
+            )
+        for name in scenarios:
+            problem = scenario_problem(name)
+            if problem is not None:
+                raise ConfigurationError(problem)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
+        base_url, url_version = _split_version(base_url)
+        if api_version is None:
+            api_version = url_version or "v3"
         if api_version not in ("v2", "v3"):
             raise ConfigurationError(f"api_version must be 'v2' or 'v3', got {api_version!r}")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self.user_agent = f"capi-fast/{__version__} {user_agent.strip()}"
+        if url_version is not None and url_version != api_version:
+            raise ConfigurationError(f"base_url ends in /{url_version}/ but api_version is {api_version!r}")
+        self.user_agent = f"{user_agent.strip()} capi-fast/{__version__}"
+        self.product, self.product_version = _product(user_agent.strip())
         self.scenarios = scenarios
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.machine_id_prefix = machine_id_prefix
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = base_url
         self.api_version = api_version
         self.timeout = timeout
         self.retries = retries
@@ -146,6 +207,10 @@ class _BaseClient:
         self.renew_before = renew_before
         self.reset_credentials = reset_credentials
         self.clock = clock
+        self.activity = Activity()
+        self.metrics_interval = metrics_interval
+        self._metrics_due: float | None = None  # None: not before the next login
+        self._metrics_lock = threading.Lock()
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -209,13 +274,80 @@ class _BaseClient:
             raise AuthenticationError("CAPI's login answer says nothing of the token's expiry")
         return Token(token=body["token"], expire=min(expires), scenarios=tuple(self.scenarios), base_url=self.base_url)
 
+    def _new_pair(self, refused: Credentials) -> Credentials:
+        """New credentials in place of ``refused``, unless CAPI accepted a pair meanwhile."""
+        with self.storage.lock():
+            current = self.storage.load_credentials()
+            if current is not None and (current.registered or current.machine_id != refused.machine_id):
+                return current
+            creds = generate_credentials(self.machine_id_prefix, self.base_url)
+            self.storage.save_credentials(creds)
+            self.storage.save_token(None)
+            log.warning(
+                "CAPI refused to register machine %s and to log it in: registering a new machine %s",
+                refused.machine_id,
+                creds.machine_id,
+            )
+            return creds
+
+    def _login_body(self, creds: Credentials) -> dict[str, Any]:
+        return {"machine_id": creds.machine_id, "password": creds.password, "scenarios": self.scenarios}
+
+    def _login_plan(self, force: bool) -> Generator[_Public, Any, Token]:
+        """Registration and login as the public calls to make: the one rule both clients drive.
+
+        Each ``yield`` is a call; the driver sends back its parsed answer or throws its
+        ``CapiError`` in. Returns the token (stored).
+        """
+        creds = self._credentials()
+        token = None if force else self._usable_token()
+        if token is not None:
+            return token
+        answer: Any = None
+        if not creds.registered:
+            register = _Public("watchers", {"machine_id": creds.machine_id, "password": creds.password}, "register")
+            try:
+                yield register
+            except CapiError as failed:
+                if failed.status is None:
+                    raise  # CAPI never answered: the next call registers the same pair again
+                # CAPI may have stored the machine and its answer been lost (a timeout, then a
+                # retry answered 500 for the known machine_id; or a process that died before
+                # saving): the same pair may log in.
+                log.warning("register failed (%s); trying to log in with the same credentials", failed)
+                try:
+                    answer = yield _Public("watchers/login", self._login_body(creds), "login")
+                except AuthenticationError:
+                    if not _refused(failed):
+                        raise failed from None  # overloaded: retry later with the same pair
+                    creds = self._new_pair(creds)
+                    if not creds.registered:
+                        yield _Public(
+                            "watchers", {"machine_id": creds.machine_id, "password": creds.password}, "register"
+                        )
+                except CapiError:
+                    raise failed from None
+            creds = self._mark_registered(creds)
+            log.info("registered machine %s with CAPI", creds.machine_id)
+        if answer is None:
+            answer = yield _Public("watchers/login", self._login_body(creds), "login")
+        token = self._token_from(answer)
+        self.storage.save_token(token)
+        with self._metrics_lock:
+            first_login = self._metrics_due is None
+            if first_login:
+                self._metrics_due = self.clock()
+        return token
+
     # -- wire ----------------------------------------------------------------------------------
 
     def _url(self, call: str) -> str:
         return f"{self.base_url}{self.api_version}/{call}"
 
-    def _headers(self, token: Token | None) -> dict[str, str]:
+    def _headers(self, token: Token | None, body: bool = False) -> dict[str, str]:
         h = {"User-Agent": self.user_agent, "Accept": "application/json"}
+        if body:
+            h["Content-Type"] = "application/json"
         if token is not None:
             h["Authorization"] = f"Bearer {token.token}"
         return h
@@ -284,16 +416,80 @@ class _BaseClient:
 
     @staticmethod
     def _enroll_body(attachment_key: str, name: str | None, overwrite: bool, tags: Sequence[str]) -> dict[str, Any]:
-        if not isinstance(attachment_key, str) or not attachment_key:
-            raise ConfigurationError("attachment_key is required (copy it from the CrowdSec console)")
-        return {"attachment_key": attachment_key, "name": name or "", "overwrite": overwrite, "tags": list(tags)}
+        if not isinstance(attachment_key, str) or not _ATTACHMENT_KEY.fullmatch(attachment_key):
+            raise ConfigurationError(
+                "attachment_key must be the letters and digits the CrowdSec console shows (Enroll command)"
+            )
+        if name is not None and (not isinstance(name, str) or not name.isprintable()):
+            raise ConfigurationError("name must be a printable str")
+        if isinstance(tags, str):
+            raise ConfigurationError("tags must be a list of str, not one str")
+        unique: list[str] = []
+        for tag in tags:
+            if not isinstance(tag, str) or not tag.strip() or not tag.isprintable():
+                raise ConfigurationError(f"tag {tag!r} must be a non-empty printable str")
+            if tag not in unique:
+                unique.append(tag)
+        return {"attachment_key": attachment_key, "name": name or "", "overwrite": bool(overwrite), "tags": unique}
 
     @staticmethod
-    def _blocklist(r: httpx.Response) -> Blocklist:
+    def _list_url(link: BlocklistLink | AllowlistLink | dict[str, Any] | str) -> str:
+        if isinstance(link, BlocklistLink | AllowlistLink):
+            url = link.url
+        else:
+            url = link if isinstance(link, str) else str(link.get("url", ""))
+        if not url.startswith(("http://", "https://")):
+            raise CapiError(f"list link has no http(s) url: {url[:100]!r}")
+        return url
+
+    @staticmethod
+    def _blocklist(r: httpx.Response, link: BlocklistLink | dict[str, Any] | str) -> Blocklist:
         if r.status_code == 304:
             return Blocklist(False, [], r.headers.get("Last-Modified"))
-        values = [line.strip() for line in r.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        return Blocklist(True, values, r.headers.get("Last-Modified"))
+        scope = link.scope if isinstance(link, BlocklistLink) else "range"
+        values, skipped = parse_blocklist(r.text, scope)
+        return Blocklist(True, values, r.headers.get("Last-Modified"), skipped)
+
+    @staticmethod
+    def _allowlist(r: httpx.Response) -> Allowlist:
+        if r.status_code == 304:
+            return Allowlist(False, last_modified=r.headers.get("Last-Modified"))
+        entries, skipped = parse_allowlist(r.content.splitlines())
+        return Allowlist(True, entries, skipped, r.headers.get("Last-Modified"))
+
+    def _list_answer(self, r: httpx.Response, what: str) -> None:
+        """Raises (or asks for a retry) unless a list download answered 200 or 304."""
+        if r.status_code not in (200, 304):
+            self._check(r, what)
+            raise CapiError(f"{what}: unexpected status {r.status_code}", r.status_code)
+
+    def _list_headers(self, if_modified_since: str | float | None) -> dict[str, str]:
+        return {"User-Agent": self.user_agent, **_if_modified_since(if_modified_since)}
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def metrics_payload(self) -> dict[str, Any]:
+        """The CAPI metrics body describing this process (``POST /v3/metrics``)."""
+        return capi_metrics(self.product, self.product_version, self.activity, self.clock())
+
+    def _metrics_now(self) -> bool:
+        """True (and the next push scheduled) when CAPI metrics are due."""
+        if self.metrics_interval is None:
+            return False
+        with self._metrics_lock:
+            now = self.clock()
+            if self._metrics_due is None or now < self._metrics_due:
+                return False
+            self._metrics_due = now + self.metrics_interval
+            return True
+
+
+def _checked_metrics(metrics: Any) -> dict[str, Any]:
+    problem = metrics_problem(metrics)
+    if problem is not None:
+        raise InvalidMetrics(f"metrics not sent: {problem}")
+    result: dict[str, Any] = metrics
+    return result
 
 
 def _startup(startup: bool) -> dict[str, str] | None:
@@ -392,9 +588,15 @@ class CapiClient(_BaseClient):
         super().__init__(**config)
         self._sleep = sleep
         self._http = httpx.Client(timeout=self.timeout, transport=transport, follow_redirects=False)
+        self._metrics_thread: threading.Thread | None = None
+        self._closed = False
 
     def close(self) -> None:
-        """Closes the connection pool."""
+        """Lets a metrics push in flight finish (at most ``timeout``), then closes the connection pool."""
+        self._closed = True
+        thread = self._metrics_thread
+        if thread is not None:
+            thread.join(self.timeout)
         self._http.close()
 
     def __enter__(self) -> CapiClient:
@@ -406,25 +608,29 @@ class CapiClient(_BaseClient):
     def _attempts(self, what: str, fn: Callable[[], Any]) -> Any:
         return _run_attempts(self, what, fn, self._sleep)
 
-    def _post_public(self, call: str, body: dict[str, Any], what: str) -> Any:
+    def _post_public(self, call: _Public) -> Any:
         def once() -> Any:
-            r = self._http.post(self._url(call), content=orjson.dumps(body), headers=self._headers(None))
-            return self._check(r, what)
+            r = self._http.post(
+                self._url(call.path), content=orjson.dumps(call.body), headers=self._headers(None, body=True)
+            )
+            return self._check(r, call.what)
 
-        return self._attempts(what, once)
+        return self._attempts(call.what, once)
 
     def _token(self, force: bool = False) -> Token:
-        creds = self._credentials()
-        token = None if force else self._usable_token()
-        if token is not None:
-            return token
-        if not creds.registered:
-            self._post_public("watchers", {"machine_id": creds.machine_id, "password": creds.password}, "register")
-            creds = self._mark_registered(creds)
-            log.info("registered machine %s with CAPI", creds.machine_id)
-        body = {"machine_id": creds.machine_id, "password": creds.password, "scenarios": self.scenarios}
-        token = self._token_from(self._post_public("watchers/login", body, "login"))
-        self.storage.save_token(token)
+        plan = self._login_plan(force)
+        try:
+            call = next(plan)
+            while True:
+                try:
+                    answer = self._post_public(call)
+                except CapiError as e:
+                    call = plan.throw(e)
+                else:
+                    call = plan.send(answer)
+        except StopIteration as done:
+            token: Token = done.value
+        self.metrics_tick()
         return token
 
     def _call(
@@ -437,19 +643,20 @@ class CapiClient(_BaseClient):
         raw: bool = False,
     ) -> Any:
         replayed = False
+        body = content is not None
 
         def once() -> Any:
             nonlocal replayed
             token = self._token()
             r = self._http.request(
-                method, self._url(call), content=content, params=params, headers=self._headers(token)
+                method, self._url(call), content=content, params=params, headers=self._headers(token, body)
             )
-            if r.status_code == 401 and not replayed:
+            if r.status_code in _TOKEN_REFUSED and not replayed:
                 replayed = True
-                log.info("%s: token refused; logging in again and replaying once", what)
+                log.info("%s: token refused (%d); logging in again and replaying once", what, r.status_code)
                 token = self._token(force=True)
                 r = self._http.request(
-                    method, self._url(call), content=content, params=params, headers=self._headers(token)
+                    method, self._url(call), content=content, params=params, headers=self._headers(token, body)
                 )
             return self._check(r, what, raw)
 
@@ -478,6 +685,7 @@ class CapiClient(_BaseClient):
         """Sends already-built signal payloads (from the batcher's spool), 250 per call at most."""
         for body in self._payload_batches(payloads, self.machine_id):
             self._call("POST", "signals", "push signals", content=body)
+            self.activity.last_push = self.clock()
 
     def signal_batcher(self, **options: Any) -> SignalBatcher:
         """A durable ``SignalBatcher`` whose spool lives beside a ``FileStorage``'s files.
@@ -492,6 +700,7 @@ class CapiClient(_BaseClient):
     def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
         doc = self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup))
+        self.activity.last_pull = self.clock()
         if not isinstance(doc, dict):
             raise ServerError("decisions stream: CAPI's answer is not a JSON object")
         return doc
@@ -499,35 +708,81 @@ class CapiClient(_BaseClient):
     def get_stream_raw(self, startup: bool = False) -> bytes:
         """The decisions stream's body as received, for ``capi_fast._native.parse_stream``."""
         body: bytes = self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup), raw=True)
+        self.activity.last_pull = self.clock()
         return body
 
-    def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
-        """Downloads a blocklist from a stream link (or its URL), honouring If-Modified-Since."""
-        url = link if isinstance(link, str) else str(link.get("url", ""))
-        if not url.startswith(("http://", "https://")):
-            raise CapiError(f"blocklist link has no http(s) url: {url[:100]!r}")
-        headers = {"User-Agent": self.user_agent, **_if_modified_since(if_modified_since)}
+    def fetch_blocklist(
+        self, link: BlocklistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
+    ) -> Blocklist:
+        """Downloads a blocklist from a stream link (or its URL), honouring If-Modified-Since.
+
+        Redirects are followed (as crowdsec does). A ``BlocklistLink`` of scope ``ip`` drops the
+        lines that hold wider networks.
+        """
+        url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
         def once() -> Blocklist:
-            r = self._http.get(url, headers=headers)
-            if r.status_code in (200, 304):
-                return self._blocklist(r)
-            self._check(r, "blocklist download")
-            raise CapiError(f"blocklist download: unexpected status {r.status_code}", r.status_code)
+            r = self._http.get(url, headers=headers, follow_redirects=True)
+            self._list_answer(r, "blocklist download")
+            return self._blocklist(r, link)
 
         result: Blocklist = self._attempts("blocklist download", once)
+        return result
+
+    def fetch_allowlist(
+        self, link: AllowlistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
+    ) -> Allowlist:
+        """Downloads an allowlist (JSON lines) from a stream link (or its URL), honouring If-Modified-Since."""
+        url, headers = self._list_url(link), self._list_headers(if_modified_since)
+
+        def once() -> Allowlist:
+            r = self._http.get(url, headers=headers, follow_redirects=True)
+            self._list_answer(r, "allowlist download")
+            return self._allowlist(r)
+
+        result: Allowlist = self._attempts("allowlist download", once)
         return result
 
     def enroll(
         self, attachment_key: str, name: str | None = None, overwrite: bool = False, tags: Sequence[str] = ()
     ) -> None:
-        """Attaches this machine to a CrowdSec console account."""
+        """Attaches this machine to a CrowdSec console account.
+
+        Raises:
+            ConfigurationError: the key is not letters and digits, or a tag is empty (duplicate
+                tags are sent once).
+        """
         body = self._enroll_body(attachment_key, name, overwrite, tags)
         self._call("POST", "watchers/enroll", "enroll", content=orjson.dumps(body))
 
-    def push_metrics(self, metrics: dict[str, Any]) -> None:
-        """Sends usage metrics (``{"bouncers": [...], "machines": [...]}``)."""
-        self._call("POST", "metrics", "push metrics", content=orjson.dumps(metrics))
+    def push_metrics(self, metrics: dict[str, Any] | None = None) -> None:
+        """Sends CAPI metrics now: ``metrics`` (checked against CAPI's schema) or ``metrics_payload()``.
+
+        The client already sends them by itself after its first login and then every
+        ``metrics_interval`` seconds while a batcher or an engine uses it (see ``metrics_tick``).
+
+        Raises:
+            InvalidMetrics: ``metrics`` breaks the schema (``bouncers`` and ``machines`` lists of
+                the items CAPI defines); nothing was sent.
+        """
+        body = self.metrics_payload() if metrics is None else _checked_metrics(metrics)
+        self._call("POST", "metrics", "push metrics", content=orjson.dumps(body))
+
+    def metrics_tick(self) -> None:
+        """Sends CAPI metrics in a background thread if they are due; never blocks, never raises."""
+        if self._closed or not self._metrics_now():
+            return
+        with self._metrics_lock:
+            if self._metrics_thread is not None and self._metrics_thread.is_alive():
+                return
+            self._metrics_thread = threading.Thread(target=self._push_metrics_quietly, name="capi-metrics", daemon=True)
+            self._metrics_thread.start()
+
+    def _push_metrics_quietly(self) -> None:
+        try:
+            self.push_metrics()
+        except Exception as e:  # a background push must never take anything down
+            log.warning("sending CAPI metrics failed (%s); next attempt in %s s", e, self.metrics_interval)
 
 
 class AsyncCapiClient(_BaseClient):
@@ -544,9 +799,14 @@ class AsyncCapiClient(_BaseClient):
         self._sleep = sleep
         self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport, follow_redirects=False)
         self._login_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def aclose(self) -> None:
-        """Closes the connection pool."""
+        """Lets a metrics push in flight finish, then closes the connection pool."""
+        self._closed = True
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.timeout)
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncCapiClient:
@@ -558,28 +818,31 @@ class AsyncCapiClient(_BaseClient):
     async def _attempts(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         return await _run_attempts_async(self, what, fn, self._sleep)
 
-    async def _post_public(self, call: str, body: dict[str, Any], what: str) -> Any:
+    async def _post_public(self, call: _Public) -> Any:
         async def once() -> Any:
-            r = await self._http.post(self._url(call), content=orjson.dumps(body), headers=self._headers(None))
-            return self._check(r, what)
+            r = await self._http.post(
+                self._url(call.path), content=orjson.dumps(call.body), headers=self._headers(None, body=True)
+            )
+            return self._check(r, call.what)
 
-        return await self._attempts(what, once)
+        return await self._attempts(call.what, once)
 
     async def _token(self, force: bool = False) -> Token:
         async with self._login_lock:
-            creds = self._credentials()
-            token = None if force else self._usable_token()
-            if token is not None:
-                return token
-            if not creds.registered:
-                await self._post_public(
-                    "watchers", {"machine_id": creds.machine_id, "password": creds.password}, "register"
-                )
-                creds = self._mark_registered(creds)
-            body = {"machine_id": creds.machine_id, "password": creds.password, "scenarios": self.scenarios}
-            token = self._token_from(await self._post_public("watchers/login", body, "login"))
-            self.storage.save_token(token)
-            return token
+            plan = self._login_plan(force)
+            try:
+                call = next(plan)
+                while True:
+                    try:
+                        answer = await self._post_public(call)
+                    except CapiError as e:
+                        call = plan.throw(e)
+                    else:
+                        call = plan.send(answer)
+            except StopIteration as done:
+                token: Token = done.value
+        self.metrics_tick()
+        return token
 
     async def _call(
         self,
@@ -591,18 +854,20 @@ class AsyncCapiClient(_BaseClient):
         raw: bool = False,
     ) -> Any:
         replayed = False
+        body = content is not None
 
         async def once() -> Any:
             nonlocal replayed
             token = await self._token()
             r = await self._http.request(
-                method, self._url(call), content=content, params=params, headers=self._headers(token)
+                method, self._url(call), content=content, params=params, headers=self._headers(token, body)
             )
-            if r.status_code == 401 and not replayed:
+            if r.status_code in _TOKEN_REFUSED and not replayed:
                 replayed = True
+                log.info("%s: token refused (%d); logging in again and replaying once", what, r.status_code)
                 token = await self._token(force=True)
                 r = await self._http.request(
-                    method, self._url(call), content=content, params=params, headers=self._headers(token)
+                    method, self._url(call), content=content, params=params, headers=self._headers(token, body)
                 )
             return self._check(r, what, raw)
 
@@ -627,6 +892,7 @@ class AsyncCapiClient(_BaseClient):
         """Sends already-built signal payloads, 250 per call at most."""
         for body in self._payload_batches(payloads, self.machine_id):
             await self._call("POST", "signals", "push signals", content=body)
+            self.activity.last_push = self.clock()
 
     def signal_batcher(self, **options: Any) -> AsyncSignalBatcher:
         """A durable ``AsyncSignalBatcher``; call its ``start()`` inside the running loop."""
@@ -638,6 +904,7 @@ class AsyncCapiClient(_BaseClient):
     async def get_stream_decisions(self, startup: bool = False) -> dict[str, Any]:
         """The decisions stream: everything with ``startup=True``, else changes since the last pull."""
         doc = await self._call("GET", "decisions/stream", "decisions stream", params=_startup(startup))
+        self.activity.last_pull = self.clock()
         if not isinstance(doc, dict):
             raise ServerError("decisions stream: CAPI's answer is not a JSON object")
         return doc
@@ -647,25 +914,35 @@ class AsyncCapiClient(_BaseClient):
         body: bytes = await self._call(
             "GET", "decisions/stream", "decisions stream", params=_startup(startup), raw=True
         )
+        self.activity.last_pull = self.clock()
         return body
 
     async def fetch_blocklist(
-        self, link: dict[str, Any] | str, if_modified_since: str | float | None = None
+        self, link: BlocklistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
     ) -> Blocklist:
         """Downloads a blocklist from a stream link (or its URL), honouring If-Modified-Since."""
-        url = link if isinstance(link, str) else str(link.get("url", ""))
-        if not url.startswith(("http://", "https://")):
-            raise CapiError(f"blocklist link has no http(s) url: {url[:100]!r}")
-        headers = {"User-Agent": self.user_agent, **_if_modified_since(if_modified_since)}
+        url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
         async def once() -> Blocklist:
-            r = await self._http.get(url, headers=headers)
-            if r.status_code in (200, 304):
-                return self._blocklist(r)
-            self._check(r, "blocklist download")
-            raise CapiError(f"blocklist download: unexpected status {r.status_code}", r.status_code)
+            r = await self._http.get(url, headers=headers, follow_redirects=True)
+            self._list_answer(r, "blocklist download")
+            return self._blocklist(r, link)
 
         result: Blocklist = await self._attempts("blocklist download", once)
+        return result
+
+    async def fetch_allowlist(
+        self, link: AllowlistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
+    ) -> Allowlist:
+        """Downloads an allowlist (JSON lines) from a stream link (or its URL), honouring If-Modified-Since."""
+        url, headers = self._list_url(link), self._list_headers(if_modified_since)
+
+        async def once() -> Allowlist:
+            r = await self._http.get(url, headers=headers, follow_redirects=True)
+            self._list_answer(r, "allowlist download")
+            return self._allowlist(r)
+
+        result: Allowlist = await self._attempts("allowlist download", once)
         return result
 
     async def enroll(
@@ -675,6 +952,25 @@ class AsyncCapiClient(_BaseClient):
         body = self._enroll_body(attachment_key, name, overwrite, tags)
         await self._call("POST", "watchers/enroll", "enroll", content=orjson.dumps(body))
 
-    async def push_metrics(self, metrics: dict[str, Any]) -> None:
-        """Sends usage metrics."""
-        await self._call("POST", "metrics", "push metrics", content=orjson.dumps(metrics))
+    async def push_metrics(self, metrics: dict[str, Any] | None = None) -> None:
+        """Sends CAPI metrics now: ``metrics`` (checked against CAPI's schema) or ``metrics_payload()``."""
+        body = self.metrics_payload() if metrics is None else _checked_metrics(metrics)
+        await self._call("POST", "metrics", "push metrics", content=orjson.dumps(body))
+
+    def metrics_tick(self) -> None:
+        """Sends CAPI metrics in a task of the running loop if they are due; never blocks, never raises."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._closed or self._background or not self._metrics_now():
+            return
+        task = loop.create_task(self._push_metrics_quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _push_metrics_quietly(self) -> None:
+        try:
+            await self.push_metrics()
+        except Exception as e:  # a background push must never take anything down
+            log.warning("sending CAPI metrics failed (%s); next attempt in %s s", e, self.metrics_interval)

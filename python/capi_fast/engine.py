@@ -1,7 +1,12 @@
 """``RemediationEngine``: answers "what remediation for this IP?" from CAPI's (or a LAPI's) decisions.
 
 It owns a native ``DecisionIndex`` and keeps it in step with the source: a startup pull, then
-deltas, plus the subscribed blocklists (each list's decisions under origin ``lists:<name>``).
+deltas, plus the subscribed blocklists and allowlists (each list's entries under origin
+``lists:<name>``). Allowlist entries are decisions of the reserved remediation ``allow``, ranked
+above every other, so an allowlisted address (or one inside an allowlisted range) answers
+``bypass`` whatever covers it, and the packet-filter exports leave it out. A blocklist that CAPI
+answers 304 for is still published: its decisions get a fresh duration, so an unchanged list
+never lapses.
 A refresh is applied as one atomic batch after the whole answer was fetched and parsed, so a
 failed refresh changes nothing and the last good decisions keep being served. The vendor's
 2-hour minimum between CAPI refreshes is enforced unless ``force=True``. With ``snapshot_path``
@@ -23,17 +28,19 @@ from typing import Any, Generic, Self, TypeVar
 import orjson
 
 from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
-from capi_fast.client import Blocklist, CapiClient
+from capi_fast.client import CapiClient
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
 from capi_fast.lapi import AsyncLapiClient, LapiClient
-from capi_fast.stream import blocklist_links, parse_go_duration
+from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, allowlist_links, blocklist_links
 
-__all__ = ["BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
+__all__ = ["ALLOW", "BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
 # The async twin, AsyncRemediationEngine, lives in capi_fast.async_engine.
 
 log = logging.getLogger("capi_fast.engine")
 
 BYPASS = "bypass"
+#: The remediation of allowlist entries: it outranks every other and answers ``bypass``.
+ALLOW = "allow"
 #: The vendor's minimum between two CAPI refreshes, in seconds.
 MIN_CAPI_INTERVAL = 2 * 3600.0
 _LEVELS = ("normal", "flex", "disabled")
@@ -46,8 +53,12 @@ class RefreshReport:
     Attributes:
         performed: False when it was skipped (too soon) or failed.
         startup: True for the first, full pull.
-        added: decisions added. deleted: decisions removed. skipped: malformed items skipped.
-        lists_updated: blocklists downloaded anew. lists_removed: blocklists no longer subscribed.
+        added: decisions added. deleted: decisions removed. skipped: malformed items skipped
+            (stream items, list links, list lines and values).
+        lists_updated: blocklists and allowlists downloaded anew.
+        lists_renewed: blocklists CAPI answered 304 for: still published, their decisions got a
+            fresh duration.
+        lists_removed: lists no longer subscribed.
         duration: seconds the refresh took.
         next_refresh_at: Unix time before which a refresh is refused without ``force``.
         error: why it failed (the previous decisions are still served), or None.
@@ -59,6 +70,7 @@ class RefreshReport:
     deleted: int = 0
     skipped: int = 0
     lists_updated: tuple[str, ...] = ()
+    lists_renewed: tuple[str, ...] = ()
     lists_removed: tuple[str, ...] = ()
     duration: float = 0.0
     next_refresh_at: float = 0.0
@@ -67,21 +79,81 @@ class RefreshReport:
 
 @dataclass(frozen=True)
 class _ListPlan:
-    """A blocklist to download: its link, the Last-Modified we hold, its ttl and remediation."""
+    """A list to download: its link and the Last-Modified we hold."""
 
-    name: str
-    link: dict[str, Any]
+    link: BlocklistLink | AllowlistLink
     since: str | None
-    ttl: float
-    remediation: str
+
+    @property
+    def name(self) -> str:
+        return self.link.name
 
 
 @dataclass
 class _State:
     startup_done: bool = False
     last_refresh: float = 0.0
-    # list name -> {"last_modified", "remediation", "values"}
+    # blocklist name -> {"last_modified", "remediation", "values"}
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # allowlist name -> {"last_modified", "entries": [[value, expires_at or None], ...]}
+    allowlists: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _ListBatch:
+    """The index operations of one refresh's list downloads, and what to report of them."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.adds: list[tuple[str, str, float | None, str]] = []
+        self.removes: list[tuple[str, str | None, str | None]] = []
+        self.updated: list[str] = []
+        self.renewed: list[str] = []
+        self.removed: list[str] = []
+        self.errors: list[str] = []
+        self.skipped = 0
+
+    def drop_values(self, name: str, values: Sequence[str], remediation: str | None) -> None:
+        """Removes a list that left the links."""
+        self.removes.extend((v, f"lists:{name}", remediation) for v in values)
+        self.removed.append(name)
+
+    def blocklist(
+        self, link: BlocklistLink, got: Blocklist, state: dict[str, dict[str, Any]], remediation: str
+    ) -> None:
+        prev = state.get(link.name)
+        origin = f"lists:{link.name}"
+        renewed = not got.modified and prev is not None
+        if renewed:
+            values = list(prev.get("values", [])) if prev is not None else []  # still published: renewed below
+        else:
+            values = got.values
+            self.skipped += got.skipped
+        if prev is not None:
+            old = prev.get("remediation")
+            if got.modified or old != remediation:
+                self.removes.extend((v, origin, old) for v in prev.get("values", []))
+        self.adds.extend((v, remediation, link.duration, origin) for v in values)
+        last_modified = prev.get("last_modified") if renewed and prev is not None else got.last_modified
+        state[link.name] = {"last_modified": last_modified, "remediation": remediation, "values": values}
+        (self.renewed if renewed else self.updated).append(link.name)
+
+    def allowlist(self, link: AllowlistLink, got: Allowlist, state: dict[str, dict[str, Any]]) -> None:
+        prev = state.get(link.name)
+        if not got.modified and prev is not None:
+            return  # entries carry their own expiry: nothing to renew
+        origin = f"lists:{link.name}"
+        if prev is not None:
+            self.removes.extend((e[0], origin, ALLOW) for e in prev.get("entries", []))
+        entries = []
+        for value, expires in got.entries:
+            if expires is not None and expires <= self.now:
+                self.skipped += 1
+                continue
+            entries.append([value, expires])
+            self.adds.append((value, ALLOW, None if expires is None else expires - self.now, origin))
+        self.skipped += got.skipped
+        state[link.name] = {"last_modified": got.last_modified, "entries": entries}
+        self.updated.append(link.name)
 
 
 _Source = TypeVar("_Source")
@@ -113,10 +185,12 @@ class _Engine(Generic[_Source]):
     ) -> None:
         if fallback not in priorities:
             raise ConfigurationError(f"fallback {fallback!r} must be one of the priorities {list(priorities)}")
+        if ALLOW in priorities:
+            raise ConfigurationError(f"{ALLOW!r} is reserved for allowlist entries; it cannot be a priority")
         self.source = source
         self.priorities = list(priorities)
         self.fallback = fallback
-        self._index = DecisionIndex(self.priorities)
+        self._index = DecisionIndex(self._index_priorities)
         self._answer = Remediator(self._index, {}, clean=BYPASS)
         self.bouncing_level = bouncing_level
         if min_interval is None:
@@ -204,12 +278,19 @@ class _Engine(Generic[_Source]):
         self._bouncing_level = level
         self._answer.set_answers(self._answer_table())
 
+    @property
+    def _index_priorities(self) -> list[str]:
+        """The index ranks allowlist entries above every remediation."""
+        return [ALLOW, *self.priorities]
+
     def _answer_table(self) -> dict[str, str]:
         level = self._bouncing_level
-        return {
+        table = {
             rem: BYPASS if level == "disabled" else "captcha" if level == "flex" and rem == "ban" else rem
             for rem in self.priorities
         }
+        table[ALLOW] = BYPASS
+        return table
 
     @property
     def index(self) -> DecisionIndex:
@@ -262,79 +343,91 @@ class _Engine(Generic[_Source]):
         log.warning("refresh failed, still serving the previous decisions: %s", e)
         return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
 
-    def _list_plans(self, parsed: ParsedStream) -> list[_ListPlan]:
-        """The blocklists to download, from the stream answer's links."""
-        links = blocklist_links(orjson.loads(parsed.links)) if parsed.links else []
+    def _list_plans(self, parsed: ParsedStream) -> tuple[list[_ListPlan], int]:
+        """The lists to download, from the stream answer's links, and how many links were unusable."""
+        if not parsed.links:
+            return [], 0
+        try:
+            links = orjson.loads(parsed.links)
+        except orjson.JSONDecodeError:
+            return [], 1
+        blocklists, bad_blocklists = blocklist_links(links)
+        allowlists, bad_allowlists = allowlist_links(links)
         plans = []
-        for link in links:
-            name = link.get("name")
-            if not isinstance(name, str) or not name:
-                continue
-            try:
-                ttl = parse_go_duration(str(link.get("duration", "24h")))
-            except ValueError:
-                ttl = 86400.0
-            prev = self.state.lists.get(name)
-            since = prev.get("last_modified") if prev else None
-            plans.append(_ListPlan(name, link, since, ttl, self._mapped(str(link.get("remediation", "ban")))))
-        return plans
+        for link in blocklists:
+            prev = self.state.lists.get(link.name)
+            plans.append(_ListPlan(link, prev.get("last_modified") if prev else None))
+        for allow in allowlists:
+            prev = self.state.allowlists.get(allow.name)
+            plans.append(_ListPlan(allow, prev.get("last_modified") if prev else None))
+        skipped = bad_blocklists + bad_allowlists
+        if skipped:
+            log.warning("%d list links skipped: a link needs a name, an http(s) url, a scope and a duration", skipped)
+        return plans, skipped
 
     def _commit(
         self,
         parsed: ParsedStream,
         plans: list[_ListPlan],
-        fetched: Sequence[Blocklist | CapiError],
+        fetched: Sequence[Blocklist | Allowlist | CapiError],
         startup: bool,
         started: float,
+        skipped_links: int = 0,
     ) -> RefreshReport:
         """Applies the stream and the downloaded lists as one batch, then saves the snapshot.
 
-        The stream answer is applied even if a blocklist failed: CAPI has moved this machine's
+        The stream answer is applied even if a list failed: CAPI has moved this machine's
         stream position, so dropping the delta would lose it. A failed list keeps its content.
+        A blocklist answered 304 is still published: its values are re-added with a fresh
+        duration (crowdsec and the PHP engine download the whole list again before it would
+        lapse; a 304 says the same at no cost).
         """
-        adds: list[tuple[str, str, float, str]] = []
-        removes: list[tuple[str, str | None, str | None]] = []
-        updated: list[str] = []
-        errors: list[str] = []
-        state = {name: dict(info) for name, info in self.state.lists.items()}
-        seen = {p.name for p in plans}
+        now = self.clock()
+        batch = _ListBatch(now)
+        lists = {name: dict(info) for name, info in self.state.lists.items()}
+        allowlists = {name: dict(info) for name, info in self.state.allowlists.items()}
         for plan, got in zip(plans, fetched, strict=True):
             if isinstance(got, CapiError):
-                log.warning("blocklist %s not refreshed (its previous content stays): %s", plan.name, got)
-                errors.append(f"blocklist {plan.name}: {got}")
-                continue
-            prev = state.get(plan.name)
-            if not got.modified and prev is not None:
-                continue
-            origin = f"lists:{plan.name}"
-            if prev is not None:
-                removes.extend((v, origin, None) for v in prev.get("values", []))
-            adds.extend((v, plan.remediation, plan.ttl, origin) for v in got.values)
-            state[plan.name] = {
-                "last_modified": got.last_modified,
-                "remediation": plan.remediation,
-                "values": got.values,
-            }
-            updated.append(plan.name)
-        removed = [n for n in state if n not in seen]
-        for name in removed:
-            removes.extend((v, f"lists:{name}", None) for v in state.pop(name).get("values", []))
-        result = self.index.apply(add=adds, remove=removes, stream=parsed, fallback=self.fallback, strict=False)
+                kind = "allowlist" if isinstance(plan.link, AllowlistLink) else "blocklist"
+                log.warning("%s %s not refreshed (its previous content stays): %s", kind, plan.name, got)
+                batch.errors.append(f"{kind} {plan.name}: {got}")
+            elif isinstance(plan.link, BlocklistLink) and isinstance(got, Blocklist):
+                batch.blocklist(plan.link, got, lists, self._mapped(plan.link.remediation))
+            elif isinstance(plan.link, AllowlistLink) and isinstance(got, Allowlist):
+                batch.allowlist(plan.link, got, allowlists)
+        seen_blocklists = {p.name for p in plans if isinstance(p.link, BlocklistLink)}
+        seen_allowlists = {p.name for p in plans if isinstance(p.link, AllowlistLink)}
+        for name in [n for n in lists if n not in seen_blocklists]:
+            info = lists.pop(name)
+            batch.drop_values(name, info.get("values", []), info.get("remediation"))
+        for name in [n for n in allowlists if n not in seen_allowlists]:
+            batch.drop_values(name, [e[0] for e in allowlists.pop(name).get("entries", [])], ALLOW)
+        result = self.index.apply(
+            add=batch.adds,
+            remove=batch.removes,
+            stream=parsed,
+            fallback=self.fallback,
+            stream_types=self.priorities,
+            strict=False,
+            now=now,
+        )
         self.state.startup_done = True
-        self.state.last_refresh = self.clock()
-        self.state.lists = state
+        self.state.last_refresh = now
+        self.state.lists = lists
+        self.state.allowlists = allowlists
         self._save()
         return RefreshReport(
             performed=True,
             startup=startup,
             added=result.added,
             deleted=result.removed,
-            skipped=result.skipped,
-            lists_updated=tuple(updated),
-            lists_removed=tuple(removed),
+            skipped=result.skipped + batch.skipped + skipped_links,
+            lists_updated=tuple(batch.updated),
+            lists_renewed=tuple(batch.renewed),
+            lists_removed=tuple(batch.removed),
             duration=time.perf_counter() - started,
             next_refresh_at=self.next_refresh_at,
-            error="; ".join(errors) or None,
+            error="; ".join(batch.errors) or None,
         )
 
     # -- persistence ---------------------------------------------------------------------------
@@ -347,6 +440,7 @@ class _Engine(Generic[_Source]):
                 "startup_done": self.state.startup_done,
                 "last_refresh": self.state.last_refresh,
                 "lists": self.state.lists,
+                "allowlists": self.state.allowlists,
             }
         )
         try:
@@ -364,11 +458,11 @@ class _Engine(Generic[_Source]):
                 "ignoring the unreadable snapshot %s (%s): a startup pull will rebuild it", self.snapshot_path, e
             )
             return
-        if index.priorities != self.priorities:
+        if index.priorities != self._index_priorities:
             log.warning(
                 "snapshot priorities %s differ from %s: a startup pull will rebuild it",
                 index.priorities,
-                self.priorities,
+                self._index_priorities,
             )
             return
         self.index = index
@@ -376,6 +470,7 @@ class _Engine(Generic[_Source]):
             startup_done=bool(doc.get("startup_done")),
             last_refresh=float(doc.get("last_refresh", 0.0)),
             lists=dict(doc.get("lists", {})),
+            allowlists=dict(doc.get("allowlists", {})),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -385,6 +480,7 @@ class _Engine(Generic[_Source]):
             "last_refresh": self.state.last_refresh,
             "next_refresh_at": self.next_refresh_at,
             "lists": sorted(self.state.lists),
+            "allowlists": sorted(self.state.allowlists),
             "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
         }
 
@@ -420,12 +516,18 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
                 parsed = parse_stream(source.get_stream_raw(startup=startup))
             except CapiError as e:
                 return self._failed(startup, e)
-            plans = self._list_plans(parsed)
-            return self._commit(parsed, plans, [self._fetch(source, p) for p in plans], startup, started)
+            plans, bad_links = self._list_plans(parsed)
+            fetched = [self._fetch(source, p) for p in plans]
+            report = self._commit(parsed, plans, fetched, startup, started, bad_links)
+        if isinstance(source, CapiClient):
+            source.metrics_tick()
+        return report
 
     @staticmethod
-    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | CapiError:
+    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | Allowlist | CapiError:
         try:
+            if isinstance(plan.link, AllowlistLink):
+                return source.fetch_allowlist(plan.link, if_modified_since=plan.since)
             return source.fetch_blocklist(plan.link, if_modified_since=plan.since)
         except CapiError as e:
             return e

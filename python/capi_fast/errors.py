@@ -5,6 +5,7 @@ CapiFastError
 ├── InvalidIP            (also a ValueError) a value that is not an IP address or CIDR network
 ├── InvalidDecision      (also a ValueError) a remediation/origin the index cannot take
 ├── InvalidSignal        (also a ValueError) a signal that CAPI would refuse; nothing was sent
+├── InvalidMetrics       (also a ValueError) a metrics body that breaks CAPI's schema; nothing was sent
 ├── ConfigurationError   (also a ValueError) a setting that cannot work (bad prefix, changed prefix)
 ├── SnapshotError        a snapshot file that is corrupt, truncated or of another version
 ├── StorageError         credentials or spool cannot be read or written safely
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidDecision",
     "InvalidIP",
+    "InvalidMetrics",
     "InvalidSignal",
     "RateLimitError",
     "ServerError",
@@ -49,6 +51,10 @@ class InvalidDecision(CapiFastError, ValueError):
 
 class InvalidSignal(CapiFastError, ValueError):
     """A signal breaks CAPI's rules (scenario name, source, timestamps); it was not sent."""
+
+
+class InvalidMetrics(CapiFastError, ValueError):
+    """A metrics body breaks CAPI's schema (``bouncers`` and ``machines`` lists); it was not sent."""
 
 
 class ConfigurationError(CapiFastError, ValueError):

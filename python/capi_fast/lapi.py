@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import orjson
 
-from capi_fast.client import Blocklist, _BaseClient, _run_attempts, _run_attempts_async
+from capi_fast.client import _BaseClient, _run_attempts, _run_attempts_async
 from capi_fast.errors import CapiError, ConfigurationError, ServerError
+from capi_fast.lists import Allowlist, Blocklist
 
 __all__ = ["AsyncLapiClient", "LapiClient"]
 
@@ -25,6 +26,8 @@ _WHAT = "LAPI decisions stream"
 
 class _LapiRules(_BaseClient):
     """What both LAPI clients share: the key check, the request, the answer checks."""
+
+    _needs_scenarios = False
 
     def __init__(
         self,
@@ -39,7 +42,13 @@ class _LapiRules(_BaseClient):
         if not isinstance(api_key, str) or not api_key or any(c in api_key for c in "\r\n"):
             raise ConfigurationError("api_key is required: create one with `cscli bouncers add NAME`")
         super().__init__(
-            user_agent=user_agent, scenarios=[], base_url=base_url, timeout=timeout, retries=retries, **config
+            user_agent=user_agent,
+            scenarios=[],
+            base_url=base_url,
+            timeout=timeout,
+            retries=retries,
+            metrics_interval=None,
+            **config,
         )
         self._api_key = api_key
 
@@ -62,7 +71,7 @@ class _LapiRules(_BaseClient):
 
     @staticmethod
     def _no_blocklists() -> CapiError:
-        return CapiError("a LAPI stream has no blocklist links")
+        return CapiError("a LAPI stream has no list links")
 
 
 class LapiClient(_LapiRules):
@@ -115,8 +124,12 @@ class LapiClient(_LapiRules):
         body: bytes = _run_attempts(self, _WHAT, once, self._sleep)
         return body
 
-    def fetch_blocklist(self, link: dict[str, Any] | str, if_modified_since: str | float | None = None) -> Blocklist:
+    def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
         """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
+        raise self._no_blocklists()
+
+    def fetch_allowlist(self, link: Any, if_modified_since: str | float | None = None) -> Allowlist:
+        """LAPI streams carry no allowlist links; present so the engine can treat sources alike."""
         raise self._no_blocklists()
 
 
@@ -160,8 +173,10 @@ class AsyncLapiClient(_LapiRules):
         body: bytes = await _run_attempts_async(self, _WHAT, once, self._sleep)
         return body
 
-    async def fetch_blocklist(
-        self, link: dict[str, Any] | str, if_modified_since: str | float | None = None
-    ) -> Blocklist:
+    async def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
         """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
+        raise self._no_blocklists()
+
+    async def fetch_allowlist(self, link: Any, if_modified_since: str | float | None = None) -> Allowlist:
+        """LAPI streams carry no allowlist links; present so the engine can treat sources alike."""
         raise self._no_blocklists()

@@ -8,9 +8,11 @@ a trivial behaviour (a 404) and carries none. ``Signal.to_payload`` gives the JS
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
+import threading
 import uuid as uuid_mod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +21,55 @@ from typing import Any
 
 from capi_fast.errors import InvalidSignal
 
-__all__ = ["SCENARIO_RE", "Signal", "SignalDecision", "format_duration", "rfc3339"]
+__all__ = [
+    "GUIDE_SCENARIO_RE",
+    "SCENARIO_RE",
+    "SCENARIO_TRUSTS",
+    "Signal",
+    "SignalDecision",
+    "format_duration",
+    "rfc3339",
+    "scenario_problem",
+]
 
-#: CAPI's rule for scenario names: ``<product>/<scenario>``.
-SCENARIO_RE = re.compile(r"^[a-z0-9_-]+/[a-z0-9_-]+$")
+#: The rule CAPI's official SDK applies to scenario names (php-common's ``Constants``):
+#: ``<product>/<name>``, the product 1-16 letters or digits, the name 1-64 letters, digits, ``_``
+#: or ``-``, either case. Hub scenarios such as ``crowdsecurity/CVE-2022-26134`` carry capitals.
+SCENARIO_RE = re.compile(r"^[A-Za-z0-9]{1,16}/[A-Za-z0-9_-]{1,64}$", re.ASCII)
+#: The convention the vendor's guide asks integrators to name their own scenarios by. Names
+#: outside it but inside ``SCENARIO_RE`` are accepted, with one warning per name.
+GUIDE_SCENARIO_RE = re.compile(r"^[a-z0-9_-]+/[a-z0-9_-]+$", re.ASCII)
+#: Values crowdsec gives ``scenario_trust`` (hub state of the scenario; ``manual`` for cscli).
+SCENARIO_TRUSTS = ("certified", "manual", "tainted", "custom")
 MAX_MESSAGE = 4096
 MAX_CONTEXT = 64
+
+log = logging.getLogger("capi_fast.signals")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def scenario_problem(name: object) -> str | None:
+    """Why ``name`` is not a scenario name CAPI takes, or None when it is.
+
+    Logs one warning per process for a name outside the vendor guide's lowercase convention.
+    """
+    if not isinstance(name, str) or not SCENARIO_RE.fullmatch(name):
+        return (
+            f"scenario {str(name)[:80]!r} must be <product>/<name>: a product of 1 to 16 letters or digits, "
+            "a name of 1 to 64 letters, digits, '_' or '-' (e.g. mywaf/login-bruteforce)"
+        )
+    if not GUIDE_SCENARIO_RE.fullmatch(name) and name not in _warned:
+        with _warned_lock:
+            if name not in _warned:
+                _warned.add(name)
+                log.warning(
+                    "scenario %r is accepted, but the vendor's guide asks integrators to name their own "
+                    "scenarios in lowercase (%s)",
+                    name,
+                    GUIDE_SCENARIO_RE.pattern,
+                )
+    return None
 
 
 def rfc3339(t: datetime | float | None = None) -> str:
@@ -86,11 +131,16 @@ def _uuid4() -> str:
 
 
 def _scenario(name: str) -> str:
-    if not isinstance(name, str) or not SCENARIO_RE.fullmatch(name):
-        raise InvalidSignal(
-            f"scenario {str(name)[:80]!r} must match {SCENARIO_RE.pattern} (e.g. mywaf/login-bruteforce)"
-        )
+    problem = scenario_problem(name)
+    if problem is not None:
+        raise InvalidSignal(problem)
     return name
+
+
+def _trust(trust: str) -> str:
+    if trust not in SCENARIO_TRUSTS:
+        raise InvalidSignal(f"scenario_trust must be one of {SCENARIO_TRUSTS}, got {str(trust)[:40]!r}")
+    return trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +170,8 @@ class Signal:
         context: ``(key, value)`` pairs shown in the console.
         scenario_hash: hash of the scenario's definition, if any.
         scenario_version: version of the scenario's definition, if any.
-        scenario_trust: ``manual`` unless the scenario is certified.
+        scenario_trust: one of ``SCENARIO_TRUSTS``: ``manual`` (the default) unless the scenario is
+            ``certified`` (a hub scenario as published), ``tainted`` (modified) or ``custom``.
     """
 
     scenario: str
@@ -150,6 +201,7 @@ class Signal:
         scenario_hash: str,
         scenario_version: str,
         uuid: str | None,
+        scenario_trust: str,
     ) -> Signal:
         scope, value = _source(ip)
         if not isinstance(message, str) or len(message) > MAX_MESSAGE:
@@ -180,6 +232,7 @@ class Signal:
             context=pairs,
             scenario_hash=scenario_hash,
             scenario_version=scenario_version,
+            scenario_trust=_trust(scenario_trust),
         )
 
     @classmethod
@@ -197,6 +250,7 @@ class Signal:
         context: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         scenario_hash: str = "",
         scenario_version: str = "",
+        scenario_trust: str = "manual",
         uuid: str | None = None,
     ) -> Signal:
         """A signal about an IP or range this software remediated (banned, challenged...).
@@ -208,7 +262,9 @@ class Signal:
             raise InvalidSignal("remediation must be a non-empty str such as 'ban' or 'captcha'")
         format_duration(duration)  # validates
         d = SignalDecision(remediation=remediation, duration=float(duration), origin=origin)
-        return cls._build(ip, scenario, d, message, start_at, stop_at, context, scenario_hash, scenario_version, uuid)
+        return cls._build(
+            ip, scenario, d, message, start_at, stop_at, context, scenario_hash, scenario_version, uuid, scenario_trust
+        )
 
     @classmethod
     def whisper(
@@ -222,6 +278,7 @@ class Signal:
         context: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         scenario_hash: str = "",
         scenario_version: str = "",
+        scenario_trust: str = "manual",
         uuid: str | None = None,
     ) -> Signal:
         """A signal about a trivial behaviour (a 404, say) that caused no remediation.
@@ -230,7 +287,17 @@ class Signal:
             InvalidSignal: bad scenario name, source, timestamps or context.
         """
         return cls._build(
-            ip, scenario, None, message, start_at, stop_at, context, scenario_hash, scenario_version, uuid
+            ip,
+            scenario,
+            None,
+            message,
+            start_at,
+            stop_at,
+            context,
+            scenario_hash,
+            scenario_version,
+            uuid,
+            scenario_trust,
         )
 
     @property

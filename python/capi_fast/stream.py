@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StreamBatch", "blocklist_links", "parse_go_duration", "parse_stream"]
+__all__ = ["StreamBatch", "parse_go_duration", "parse_stream"]
 
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^([+-])?((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$", re.ASCII)
@@ -110,12 +110,12 @@ def parse_stream(doc: dict[str, Any], *, default_origin: str = "CAPI") -> Stream
             out.skipped += 1
     links = doc.get("links")
     if isinstance(links, dict):
-        out.links = blocklist_links(links)
+        out.links = _blocklist_dicts(links)
     return out
 
 
-def blocklist_links(links: Any) -> list[dict[str, Any]]:
-    """The blocklist links of a stream answer's ``links`` member (malformed ones left out)."""
+def _blocklist_dicts(links: Any) -> list[dict[str, Any]]:
+    """The blocklist links of a stream answer's ``links`` member as given (``capi_fast.lists`` checks them)."""
     if not isinstance(links, dict):
         return []
     return [b for b in _items(links.get("blocklists")) if isinstance(b, dict)]

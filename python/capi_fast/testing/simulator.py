@@ -1,10 +1,14 @@
 """``CapiSimulator``: a faithful stand-in for CrowdSec's Central API, over real HTTP on loopback.
 
 It speaks the v2 and v3 watcher API (register, login with an HS256 JWT, enroll, signals,
-decisions stream with per-machine startup/delta state, metrics) and serves blocklist downloads
-with Last-Modified / If-Modified-Since. Tests drive it through ``add_decisions``,
-``delete_decisions``, ``add_blocklist`` and ``fail_next`` (5xx, 429 with Retry-After, 401,
-timeouts, malformed or truncated JSON), and read back ``signals`` and ``requests``.
+decisions stream with per-machine startup/delta state, metrics, usage metrics) and serves
+blocklist and allowlist downloads with Last-Modified / If-Modified-Since. It is as strict as the
+real service's schema (CrowdSec's ``pkg/modelscapi/centralapi_swagger.yaml``): a payload the
+real CAPI refuses is refused here with the same status, so tests catch a client that would send
+one. Tests drive it through ``add_decisions``, ``delete_decisions``, ``add_blocklist``,
+``add_allowlist``, ``revoke_tokens`` and ``fail_next`` (5xx, 429 with Retry-After, 401, timeouts,
+malformed or truncated JSON), and read back ``signals``, ``metrics``, ``usage_metrics`` and
+``requests``.
 
     with CapiSimulator() as sim:
         sim.add_decisions(["192.0.2.1", "198.51.100.0/24"])
@@ -19,6 +23,7 @@ import re
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,14 +32,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from capi_fast.signals import SCENARIO_RE, format_duration
+from capi_fast.metrics import metrics_problem
+from capi_fast.signals import format_duration, rfc3339
 from capi_fast.testing import jwt
+from capi_fast.testing.schema import login_problem, signal_problem, usage_metrics_problem
 
 __all__ = ["CapiSimulator", "Fault", "Logged"]
 
 MAX_BODY = 16 << 20
-ROUTE = re.compile(r"^/(v2|v3)/(watchers/login|watchers/enroll|watchers|signals|decisions/stream|metrics)/?$")
-BLOCKLIST = re.compile(r"^/blocklists/([A-Za-z0-9_-]+)/download$")
+ROUTE = re.compile(
+    r"^/(v2|v3)/(watchers/login|watchers/enroll|watchers|signals|decisions/stream|metrics|usage-metrics)/?$"
+)
+LIST_DOWNLOAD = re.compile(r"^/(blocklists|allowlists)/([A-Za-z0-9_-]+)/download$")
+MACHINE_ID = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
+ATTACHMENT_KEY = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,10 @@ class Fault:
 
     Attributes:
         kind: ``status`` (answer ``status``), ``timeout`` (answer nothing for ``delay`` seconds,
-            then drop the connection), ``malformed`` (200 with a body that is not JSON) or
-            ``truncated`` (200 whose body stops before its Content-Length).
+            then drop the connection), ``malformed`` (200 with a body that is not JSON),
+            ``truncated`` (200 whose body stops before its Content-Length) or ``lost`` (the call
+            is carried out, then the connection dropped before the answer: a register that CAPI
+            stored although the client never learnt it).
         status: the HTTP status of a ``status`` fault (500, 503, 429, 401...).
         retry_after: the Retry-After header sent with it, in seconds.
         path: only calls whose path contains this text are affected.
@@ -67,6 +80,8 @@ class Logged:
     status: int
     user_agent: str
     authorized: bool
+    content_type: str = ""
+    content_encoding: str = ""
 
 
 @dataclass
@@ -86,8 +101,17 @@ class _Blocklist:
     name: str
     values: list[str]
     remediation: str
-    duration: float
-    scope: str
+    duration: float | None
+    scope: str | None
+    modified: float
+    redirect: bool = False
+
+
+@dataclass
+class _Allowlist:
+    id: str
+    name: str
+    entries: list[dict[str, Any]]
     modified: float
 
 
@@ -131,20 +155,24 @@ class CapiSimulator:
         self._generation = 0
         self._lock = threading.RLock()
         self._watchers: dict[str, _Watcher] = {}
-        self._decisions: dict[str, _Decision] = {}
+        # value -> scenario -> decision: CAPI may hold one value under several scenarios.
+        self._decisions: dict[str, dict[str, _Decision]] = {}
         self._events: list[tuple[int, str, str]] = []  # (seq, "add"|"del", value)
         self._seq = 0
         self._mutations = 0  # any change of decisions or blocklists
         # The last startup answer, kept while nothing changed (CAPI serves startup pulls from a cache too).
-        self._startup_key: tuple[str, int, float] | None = None
+        self._startup_key: tuple[str, int, float, tuple[bool, bool]] | None = None
         self._startup_doc: dict[str, Any] | None = None
         self._startup_body: bytes | None = None
         self._next_id = 1
         self._blocklists: dict[str, _Blocklist] = {}
+        self._allowlists: dict[str, _Allowlist] = {}
+        self._revoked_status = 401
         self._faults: list[Fault] = []
         self._signals: list[dict[str, Any]] = []
         self._requests: list[Logged] = []
         self.metrics: list[dict[str, Any]] = []
+        self.usage_metrics: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -206,20 +234,24 @@ class CapiSimulator:
         duration: float = 7 * 86400,
         origin: str = "CAPI",
     ) -> None:
-        """Adds community decisions (they reach each machine's next stream pull)."""
+        """Adds community decisions (they reach each machine's next stream pull).
+
+        A value already held under another scenario keeps both decisions (the v3 stream then
+        lists it in two groups, as CAPI does).
+        """
         with self._lock:
             self._mutations += 1
             now = self.clock()
             for v in values:
                 self._seq += 1
-                self._decisions[v] = _Decision(
+                self._decisions.setdefault(v, {})[scenario] = _Decision(
                     v, scenario, _scope(v), remediation, origin, now + duration, self._next_id
                 )
                 self._next_id += 1
                 self._events.append((self._seq, "add", v))
 
     def delete_decisions(self, values: Iterable[str]) -> None:
-        """Deletes community decisions (reported as ``deleted`` on the next delta pull)."""
+        """Deletes every community decision on these values (reported as ``deleted`` on the next delta pull)."""
         with self._lock:
             self._mutations += 1
             for v in values:
@@ -233,14 +265,21 @@ class CapiSimulator:
         values: Iterable[str],
         *,
         remediation: str = "ban",
-        duration: float = 86400,
-        scope: str = "ip",
+        duration: float | None = 86400,
+        scope: str | None = "ip",
+        redirect: bool = False,
     ) -> str:
-        """Adds (or replaces) a subscribed blocklist; returns its download URL."""
+        """Adds (or replaces) a subscribed blocklist; returns its download URL.
+
+        ``scope`` or ``duration`` None leaves the field out of the link (a link crowdsec skips);
+        with ``redirect`` the link's URL answers 302 to the list.
+        """
         with self._lock:
             self._mutations += 1
             bid = re.sub(r"[^A-Za-z0-9_-]", "-", name)
-            self._blocklists[bid] = _Blocklist(bid, name, list(values), remediation, duration, scope, self.clock())
+            self._blocklists[bid] = _Blocklist(
+                bid, name, list(values), remediation, duration, scope, self.clock(), redirect
+            )
             return f"{self.url}blocklists/{bid}/download"
 
     def remove_blocklist(self, name: str) -> None:
@@ -249,15 +288,52 @@ class CapiSimulator:
             self._mutations += 1
             self._blocklists = {k: b for k, b in self._blocklists.items() if b.name != name}
 
+    def add_allowlist(
+        self,
+        name: str,
+        values: Iterable[str],
+        *,
+        expiration: float | None = None,
+        scope: str | None = None,
+    ) -> str:
+        """Adds (or replaces) an allowlist the machine sees in ``links.allowlists``; returns its URL.
+
+        Each value becomes one JSON line ``{"value", "scope"?, "expiration"?}``: ``expiration``
+        is a Unix time (None: no expiration), ``scope`` ``ip`` or ``range`` (None: left out, as
+        the line's own value then decides).
+        """
+        with self._lock:
+            self._mutations += 1
+            aid = "al-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
+            entries = []
+            for v in values:
+                entry: dict[str, Any] = {"value": v}
+                if scope is not None:
+                    entry["scope"] = scope
+                if expiration is not None:
+                    entry["expiration"] = rfc3339(expiration)
+                entries.append(entry)
+            self._allowlists[aid] = _Allowlist(aid, name, entries, self.clock())
+            return f"{self.url}allowlists/{aid}/download"
+
+    def remove_allowlist(self, name: str) -> None:
+        """Unsubscribes an allowlist: it disappears from the stream's links."""
+        with self._lock:
+            self._mutations += 1
+            self._allowlists = {k: a for k, a in self._allowlists.items() if a.name != name}
+
     def fail_next(self, n: int = 1, **fault: Any) -> None:
         """Makes the next ``n`` matching calls misbehave as ``Fault(**fault)`` says."""
         with self._lock:
             self._faults.extend(Fault(**fault) for _ in range(n))
 
-    def revoke_tokens(self) -> None:
-        """Invalidates every token issued so far: the next authenticated call gets 401."""
+    def revoke_tokens(self, status: int = 401) -> None:
+        """Invalidates every token issued so far: the next authenticated call gets ``status`` (401 or 403)."""
+        if status not in (401, 403):
+            raise ValueError("a refused token is answered 401 or 403")
         with self._lock:
             self._generation += 1
+            self._revoked_status = status
 
     @property
     def signals(self) -> list[dict[str, Any]]:
@@ -270,6 +346,12 @@ class CapiSimulator:
         """Every request received, in arrival order."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def enrollments(self) -> dict[str, dict[str, Any]]:
+        """The last enroll body of each enrolled machine (with the organization it joined)."""
+        with self._lock:
+            return {m: dict(w.enrolled) for m, w in self._watchers.items() if w.enrolled is not None}
 
     @property
     def watchers(self) -> dict[str, list[str]]:
@@ -286,15 +368,18 @@ class CapiSimulator:
                     return self._faults.pop(i)
         return None
 
-    def _authorize(self, header: str | None) -> str | None:
+    def _authorize(self, header: str | None) -> tuple[str | None, int]:
+        """(machine, 0) for a valid token, else (None, the status to answer)."""
         # crowdsec sends "Bearer <jwt>"; the vendor's Python SDK (cscapi) sends the bare token.
         if not header:
-            return None
+            return None, 401
         claims = jwt.decode(header.removeprefix("Bearer "), self._secret)
-        if not claims or claims.get("gen") != self._generation or float(claims.get("exp", 0)) <= self.clock():
-            return None
+        if not claims or float(claims.get("exp", 0)) <= self.clock():
+            return None, 401
+        if claims.get("gen") != self._generation:
+            return None, self._revoked_status
         mid = claims.get("id")
-        return mid if isinstance(mid, str) and mid in self._watchers else None
+        return (mid, 0) if isinstance(mid, str) and mid in self._watchers else (None, 401)
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any, auth: str | None
@@ -309,55 +394,85 @@ class CapiSimulator:
                 return self._register(body)
             if call == "watchers/login" and method == "POST":
                 return self._login(body)
-            machine = self._authorize(auth)
+            machine, refused = self._authorize(auth)
             if machine is None:
-                return 401, {"code": 401, "message": "token expired or invalid"}
+                return refused, {"code": refused, "message": "token expired or invalid"}
             if call == "watchers/enroll" and method == "POST":
-                if not isinstance(body, dict) or not isinstance(body.get("attachment_key"), str):
-                    return 400, {"message": "attachment_key is required"}
-                self._watchers[machine].enrolled = body
-                return 200, {}
+                return self._enroll(machine, body)
             if call == "signals" and method == "POST":
                 return self._add_signals(machine, body)
             if call == "decisions/stream" and method == "GET":
-                startup = query.get("startup", ["false"])[0] == "true"
-                return 200, self._stream(machine, version, startup)
+                pulls = (_flag(query, "community_pull", True), _flag(query, "additional_pull", True))
+                return 200, self._stream(machine, version, _flag(query, "startup", False), pulls)
             if call == "metrics" and method == "POST":
-                self.metrics.append(body if isinstance(body, dict) else {"body": body})
-                return 200, {}
+                problem = metrics_problem(body)
+                if problem is not None:
+                    return 400, {"message": f"Invalid request body: {problem}"}
+                self.metrics.append(body)
+                return 200, {"message": "OK"}
+            if call == "usage-metrics" and method == "POST" and version == "v3":
+                problem = usage_metrics_problem(body)
+                if problem is not None:
+                    # crowdsec counts a 422 as delivered: CAPI's answer to a body it will not store.
+                    return 422, {"message": f"Invalid request body: {problem}"}
+                self.usage_metrics.append(body)
+                return 200, {"message": "OK"}
         return 405, {"message": "method not allowed"}
 
     def _register(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict):
-            return 400, {"message": "a JSON object is required"}
+            return 400, {"message": "Invalid request body: a JSON object is required"}
         mid, pw = body.get("machine_id"), body.get("password")
-        if not isinstance(mid, str) or not re.fullmatch(r"[A-Za-z0-9]{1,64}", mid):
-            return 400, {"message": "machine_id must be 1 to 64 letters or digits"}
-        if not isinstance(pw, str) or len(pw) < 8:
-            return 400, {"message": "password must be at least 8 characters"}
-        known = self._watchers.get(mid)
-        if known is not None and known.password != pw:
-            return 403, {"message": "machine_id already registered with another password"}
-        self._watchers.setdefault(mid, _Watcher(password=pw))
+        if not isinstance(mid, str) or not MACHINE_ID.fullmatch(mid):
+            return 400, {"message": "Invalid request body: machine_id must be letters and digits"}
+        if not isinstance(pw, str) or not pw:
+            return 400, {"message": "Invalid request body: password is required"}
+        if mid in self._watchers:
+            # What the real CAPI answers for a machine_id it already holds (php-capi-client
+            # regenerates its credentials on it), whatever the password.
+            return 500, {"message": "machine_id already registered"}
+        self._watchers[mid] = _Watcher(password=pw)
         return 200, {"message": "OK"}
 
     def _login(self, body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict):
-            return 400, {"message": "a JSON object is required"}
-        w = self._watchers.get(str(body.get("machine_id")))
-        if w is None or not secrets.compare_digest(str(body.get("password", "")), w.password):
+        problem = login_problem(body)
+        if problem is not None:
+            return 400, {"message": f"Invalid request body: {problem}"}
+        w = self._watchers.get(body["machine_id"])
+        if w is None or not secrets.compare_digest(body["password"], w.password):
             return 403, {"code": 403, "message": "incorrect Username or Password"}
-        scenarios = body.get("scenarios") or []
-        if not isinstance(scenarios, list) or not all(isinstance(s, str) for s in scenarios):
-            return 400, {"message": "scenarios must be a list of str"}
-        w.scenarios = scenarios
+        w.scenarios = list(body.get("scenarios") or [])
         now = self.clock()
         exp = now + self.token_lifetime
-        token = jwt.encode(
-            {"id": body["machine_id"], "exp": int(exp), "orig_iat": int(now), "gen": self._generation}, self._secret
-        )
+        claims: dict[str, Any] = {
+            "id": body["machine_id"],
+            "exp": int(exp),
+            "orig_iat": int(now),
+            "gen": self._generation,
+        }
+        if w.enrolled is not None:
+            claims["organization_id"] = w.enrolled["organization_id"]
+            claims["subscription_type"] = "COMMUNITY"
+        token = jwt.encode(claims, self._secret)
         expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(exp)))
         return 200, {"code": 200, "expire": expire, "token": token}
+
+    def _enroll(self, machine: str, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("attachment_key"), str):
+            return 400, {"message": "Invalid request body: attachment_key is required"}
+        if not ATTACHMENT_KEY.fullmatch(body["attachment_key"]):
+            return 400, {"message": "Invalid request body: attachment_key must be letters and digits"}
+        if "name" in body and not isinstance(body["name"], str):
+            return 400, {"message": "Invalid request body: name must be a string"}
+        if "overwrite" in body and not isinstance(body["overwrite"], bool):
+            return 400, {"message": "Invalid request body: overwrite must be a boolean"}
+        tags = body.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            return 400, {"message": "Invalid request body: tags must be a list of strings"}
+        w = self._watchers[machine]
+        org = (w.enrolled or {}).get("organization_id") or "org-" + body["attachment_key"][:12]
+        w.enrolled = {**body, "organization_id": org}
+        return 200, {"message": "OK"}
 
     def _add_signals(self, machine: str, body: Any) -> tuple[int, Any]:
         if not isinstance(body, list):
@@ -365,21 +480,26 @@ class CapiSimulator:
         if len(body) > self.max_signals:
             return 400, {"message": f"at most {self.max_signals} signals per call, got {len(body)}"}
         for i, s in enumerate(body):
-            problem = _signal_problem(s)
+            problem = signal_problem(s)
             if problem:
-                return 400, {"message": f"signal {i}: {problem}"}
+                return 400, {"message": f"Invalid request body: signal {i}: {problem}"}
         self._signals.extend(body)
         return 200, {"message": "OK"}
 
-    def _stream(self, machine: str, version: str, startup: bool) -> dict[str, Any]:
+    def _stream(self, machine: str, version: str, startup: bool, pulls: tuple[bool, bool]) -> dict[str, Any]:
+        """``pulls``: (community_pull, additional_pull), the v3 flags crowdsec may turn off."""
         w = self._watchers[machine]
         now = self.clock()
         full = startup or w.seen_seq is None
-        key = (version, self._mutations, now)
+        key = (version, self._mutations, now, pulls)
         if full and self._startup_key == key and self._startup_doc is not None:
             w.seen_seq = self._seq
             return self._startup_doc
         doc = self._render(w, version, now, None if full else w.seen_seq)
+        if version == "v3" and not pulls[0]:
+            doc = {**doc, "new": [], "deleted": []}
+        if version == "v3" and not pulls[1]:
+            doc = {**doc, "links": {"blocklists": [], "allowlists": []}}
         if full:
             self._startup_key, self._startup_doc, self._startup_body = key, doc, None
         return doc
@@ -396,15 +516,20 @@ class CapiSimulator:
     def _render(self, w: _Watcher, version: str, now: float, since: int | None) -> dict[str, Any]:
         """The stream answer: everything (``since`` None) or the changes after event ``since``."""
         if since is None:
-            new = [d for d in self._decisions.values() if d.expires > now]
+            new = [d for held in self._decisions.values() for d in held.values() if d.expires > now]
             deleted: list[str] = []
         else:
             changed: dict[str, str] = {}
             for seq, kind, value in self._events:
                 if seq > since:
                     changed[value] = kind
-            new = [self._decisions[v] for v, k in changed.items() if k == "add" and v in self._decisions]
-            new = [d for d in new if d.expires > now]
+            new = [
+                d
+                for v, k in changed.items()
+                if k == "add" and v in self._decisions
+                for d in self._decisions[v].values()
+                if d.expires > now
+            ]
             deleted = [v for v, k in changed.items() if k == "del"]
         w.seen_seq = self._seq
         if version == "v2":
@@ -436,19 +561,33 @@ class CapiSimulator:
             "new": [{"scenario": s, "scope": sc, "decisions": ds} for (s, sc), ds in groups.items()],
             "deleted": [{"scope": sc, "decisions": vs} for sc, vs in gone.items()],
             "links": {
-                "blocklists": [
+                "blocklists": [self._blocklist_link(b) for b in self._blocklists.values()],
+                "allowlists": [
                     {
-                        "id": b.id,
-                        "name": b.name,
-                        "url": f"{self.url}blocklists/{b.id}/download",
-                        "remediation": b.remediation,
-                        "scope": b.scope,
-                        "duration": format_duration(b.duration),
+                        "id": a.id,
+                        "name": a.name,
+                        "description": f"allowlist {a.name}",
+                        "url": f"{self.url}allowlists/{a.id}/download",
+                        "created_at": rfc3339(a.modified),
+                        "updated_at": rfc3339(a.modified),
                     }
-                    for b in self._blocklists.values()
-                ]
+                    for a in self._allowlists.values()
+                ],
             },
         }
+
+    def _blocklist_link(self, b: _Blocklist) -> dict[str, Any]:
+        """A ``BlocklistLink``: name, url, remediation, scope, duration (CAPI gives no id)."""
+        link: dict[str, Any] = {
+            "name": b.name,
+            "url": f"{self.url}{'redirect/' if b.redirect else ''}blocklists/{b.id}/download",
+            "remediation": b.remediation,
+        }
+        if b.scope is not None:
+            link["scope"] = b.scope
+        if b.duration is not None:
+            link["duration"] = format_duration(b.duration)
+        return link
 
     def _flat(self, d: _Decision, now: float) -> dict[str, Any]:
         return {
@@ -461,35 +600,38 @@ class CapiSimulator:
             "value": d.value,
         }
 
-    def blocklist(self, bid: str, if_modified_since: str | None) -> tuple[int, bytes, float | None]:
-        """A blocklist download: (status, body, last modified)."""
+    def list_download(self, kind: str, lid: str, if_modified_since: str | None) -> tuple[int, bytes, float | None]:
+        """A blocklist (one value a line) or allowlist (JSON lines) download: (status, body, last modified)."""
         with self._lock:
-            b = self._blocklists.get(bid)
-            if b is None:
+            found = (self._blocklists if kind == "blocklists" else self._allowlists).get(lid)
+            if found is None:
                 return 404, b"", None
             if if_modified_since:
                 try:
                     since = email.utils.parsedate_to_datetime(if_modified_since).timestamp()
                 except (TypeError, ValueError):
                     since = None
-                if since is not None and int(b.modified) <= since:
-                    return 304, b"", b.modified
-            return 200, ("\n".join(b.values) + "\n").encode(), b.modified
+                if since is not None and int(found.modified) <= since:
+                    return 304, b"", found.modified
+            if isinstance(found, _Blocklist):
+                return 200, ("\n".join(found.values) + "\n").encode(), found.modified
+            return 200, b"".join(orjson.dumps(e) + b"\n" for e in found.entries), found.modified
 
 
-def _signal_problem(s: Any) -> str | None:
-    if not isinstance(s, dict):
-        return "not an object"
-    scenario = s.get("scenario")
-    if not isinstance(scenario, str) or not (SCENARIO_RE.fullmatch(scenario) or scenario.startswith("crowdsecurity/")):
-        return f"scenario {scenario!r} does not match {SCENARIO_RE.pattern}"
-    source = s.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("value") or source.get("ip"), str):
-        return "source.value is required"
-    for k in ("start_at", "stop_at"):
-        if not isinstance(s.get(k), str):
-            return f"{k} is required"
-    return None
+def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
+    values = query.get(name)
+    return values[0] == "true" if values else default
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """Decompresses a gzip body, refusing one that inflates past ``MAX_BODY``."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(raw, MAX_BODY + 1)
+    if len(out) > MAX_BODY or d.unconsumed_tail:
+        raise ValueError("body too large")
+    if not d.eof:
+        raise EOFError("truncated gzip body")
+    return out
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -502,7 +644,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _log(self, status: int, authorized: bool) -> None:
         with self.simulator._lock:
             self.simulator._requests.append(
-                Logged(self.command, urlsplit(self.path).path, status, self.headers.get("User-Agent", ""), authorized)
+                Logged(
+                    self.command,
+                    urlsplit(self.path).path,
+                    status,
+                    self.headers.get("User-Agent", ""),
+                    authorized,
+                    self.headers.get("Content-Type", ""),
+                    self.headers.get("Content-Encoding", ""),
+                )
             )
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, length: int | None = None) -> None:
@@ -523,6 +673,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         raw = self.rfile.read(length) if length else b""
         fault = sim._take_fault(parts.path)
+        lost = fault is not None and fault.kind == "lost"
+        if lost:
+            fault = None
         if fault is not None:
             self._log(fault.status if fault.kind == "status" else 200, False)
             if fault.kind == "timeout":
@@ -544,14 +697,30 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             self._send(fault.status, json.dumps({"message": f"injected {fault.status}"}).encode(), headers)
             return
-        b = BLOCKLIST.match(parts.path)
+        if parts.path.startswith("/redirect/") and self.command == "GET":
+            self._log(302, False)
+            self._send(302, b"", {"Location": sim.url + parts.path.removeprefix("/redirect/")})
+            return
+        b = LIST_DOWNLOAD.match(parts.path)
         if b and self.command == "GET":
-            status, content, modified = sim.blocklist(b.group(1), self.headers.get("If-Modified-Since"))
-            headers = {"Content-Type": "text/plain"}
+            status, content, modified = sim.list_download(b.group(1), b.group(2), self.headers.get("If-Modified-Since"))
+            headers = {"Content-Type": "text/plain" if b.group(1) == "blocklists" else "application/x-ndjson"}
             if modified is not None:
                 headers["Last-Modified"] = email.utils.formatdate(modified, usegmt=True)
             self._log(status, False)
             self._send(status, content, headers)
+            return
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding == "gzip":  # crowdsec 1.7+ compresses bodies over 5 KiB
+            try:
+                raw = _gunzip(raw)
+            except (OSError, EOFError, zlib.error, ValueError):
+                self._log(400, False)
+                self._send(400, b'{"message":"body is not valid gzip"}')
+                return
+        elif encoding not in ("", "identity"):
+            self._log(415, False)
+            self._send(415, b'{"message":"unsupported Content-Encoding"}')
             return
         try:
             payload = json.loads(raw) if raw else None
@@ -562,7 +731,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, answer = sim.handle(
             self.command, parts.path, parse_qs(parts.query), payload, self.headers.get("Authorization")
         )
-        self._log(status, status != 401)
+        self._log(status, status not in (401, 403))
+        if lost:
+            self.close_connection = True
+            return
         self._send(status, sim.encode(answer), {"Content-Type": "application/json"})
 
     do_GET = _serve  # noqa: N815
