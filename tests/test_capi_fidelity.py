@@ -446,6 +446,19 @@ def test_metrics_after_login_then_every_30_minutes(sim, clock):
     assert statuses(sim, "/metrics") == [200, 200]
 
 
+def test_a_running_batcher_sends_metrics_every_interval(sim, clock):
+    with make(sim, clock, metrics_interval=1800) as c:
+        c.login()
+        c._metrics_thread.join(10)  # type: ignore[union-attr]
+        batcher = c.signal_batcher(start=False, clock=clock)
+        batcher.add(Signal.whisper("192.0.2.1", "mywaf/404-scan"))
+        clock.now += 1800
+        batcher.send_due()
+        c._metrics_thread.join(10)  # type: ignore[union-attr]
+        batcher.close()
+    assert len(sim.metrics) == 2
+
+
 def test_metrics_never_block_or_fail_the_caller(sim, clock):
     sim.fail_next(5, status=503, path="/metrics")
     with make(sim, clock, metrics_interval=1800) as c:

@@ -192,7 +192,11 @@ class SignalBatcher(_Base):
             return self._done(batch, None)
 
     def send_due(self) -> bool:
-        """Sends one batch if the schedule says it is due; True if it sent one."""
+        """Sends one batch if the schedule says it is due; True if it sent one.
+
+        Also lets the client send its CAPI metrics when they are due (in the background).
+        """
+        self.client.metrics_tick()
         if not self._due():
             return False
         self._send_batch()
@@ -285,7 +289,8 @@ class AsyncSignalBatcher(_Base):
             return self._done(batch, None)
 
     async def send_due(self) -> bool:
-        """Sends one batch if due; True if it sent one."""
+        """Sends one batch if due; True if it sent one. Also lets the client send CAPI metrics when due."""
+        self.client.metrics_tick()
         if not self._due():
             return False
         await self._send_batch()

@@ -65,8 +65,11 @@ def run_demo(decisions: int, seed: int, out: TextIO) -> None:
         sim.add_decisions([v for v, r, _, _ in items if r == "ban"], duration=86400)
         blocklist = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2000)]
         sim.add_blocklist("firehol-level1", blocklist, remediation="captcha", duration=86400)
+        banned = [v for v, r, _, _ in items if r == "ban" and "/" not in v and ":" not in v]
+        sim.add_allowlist("office", banned[:1], expiration=time.time() + 86400)  # the console's allowlist
         out.write(
-            f"simulator at {sim.url}: {len(items)} community decisions, 1 blocklist ({_ms(time.perf_counter() - t)})\n"
+            f"simulator at {sim.url}: {len(items)} community decisions, 1 blocklist, 1 allowlist "
+            f"({_ms(time.perf_counter() - t)})\n"
         )
 
         client = CapiClient(
@@ -91,9 +94,10 @@ def run_demo(decisions: int, seed: int, out: TextIO) -> None:
         wait = again.next_refresh_at - time.time()
         out.write(f"refresh again at once: refused ({again.error}); next allowed in {wait:.0f} s\n")
 
-        probes = [items[0][0].split("/")[0], blocklist[0], "192.0.2.1", "::ffff:" + blocklist[1]]
+        probes = [banned[1], blocklist[0], "192.0.2.1", "::ffff:" + blocklist[1]]
         for ip in probes:
             out.write(f"  get_ip_remediation({ip!r}) -> {engine.get_ip_remediation(ip)}\n")
+        out.write(f"  get_ip_remediation({banned[0]!r}) -> {engine.get_ip_remediation(banned[0])} (allowlisted)\n")
         queries = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(200_000)]
         t = time.perf_counter()
         for q in queries[:50_000]:
