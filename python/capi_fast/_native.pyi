@@ -64,9 +64,9 @@ class DecisionIndex:
 
     An address gets the highest-priority remediation among every active decision covering it
     (not the longest match). A decision is keyed by (network, origin, remediation); adding it
-    again replaces its expiry (a stream answer's adds only lengthen it, see ``apply``). Expiry has millisecond resolution and a decision is active while
-    ``expiry > now``; expired decisions are never returned, purged or not. IPv4-mapped IPv6
-    addresses answer as IPv4. Every time-dependent method takes ``now`` (Unix seconds).
+    again replaces its expiry (a stream answer's adds only lengthen it, see ``apply``). Expiry
+    has millisecond resolution and a decision is active while ``expiry > now``; expired
+    decisions are never returned, purged or not. IPv4-mapped IPv6 addresses answer as IPv4. Every time-dependent method takes ``now`` (Unix seconds).
 
     Args:
         priorities: remediations from most to least severe. Others rank below them,
