@@ -66,7 +66,8 @@ class DecisionIndex:
     (not the longest match). A decision is keyed by (network, origin, remediation); adding it
     again replaces its expiry (a stream answer's adds only lengthen it, see ``apply``). Expiry
     has millisecond resolution and a decision is active while ``expiry > now``; expired
-    decisions are never returned, purged or not. IPv4-mapped IPv6 addresses answer as IPv4. Every time-dependent method takes ``now`` (Unix seconds).
+    decisions are never returned, purged or not. IPv4-mapped IPv6 addresses answer as IPv4.
+    Every time-dependent method takes ``now`` (Unix seconds).
 
     Args:
         priorities: remediations from most to least severe. Others rank below them,
