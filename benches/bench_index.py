@@ -197,3 +197,29 @@ def test_memory_per_single_address(benchmark, impl):
         EXTRA["bytes per IPv4 address entry (RSS)"][
             f"{impl} {k.replace('bytes_per_entry', '').strip('_') or 'rss'}"
         ] = v
+
+
+def build_with_allow(items, allowlisted: int):
+    """The engine's index: "allow" ranked above ban, ``allowlisted`` console allowlist entries."""
+    idx = DecisionIndex(["allow", "ban", "captcha"])
+    idx.add_many(items, now=NOW)
+    hosts = [v for v, *_ in items if "/" not in v and ":" not in v]
+    idx.add_many(hosts[:allowlisted], "allow", origin="lists:office", now=NOW)
+    return idx
+
+
+@pytest.fixture(scope="module")
+def allow_built(workload):
+    return {
+        "no allow rank": build_native(workload),
+        "allow ranked first": build_with_allow(workload, 0),
+        "allow + 200 entries": build_with_allow(workload, 200),
+    }
+
+
+@pytest.mark.parametrize("config", ["no allow rank", "allow ranked first", "allow + 200 entries"])
+def test_single_lookup_with_allowlists(benchmark, allow_built, queries, config):
+    """The engine ranks allowlist entries above ban: lookups must keep their block fast path."""
+    lookup = allow_built[config].lookup
+    benchmark.pedantic(lambda: [lookup(ip, NOW) for ip in queries], rounds=10, iterations=1)
+    record(benchmark, "single:allowlists", config, len(queries))
