@@ -313,11 +313,9 @@ impl Index {
     /// Code of a lookup key: 0 for none, else remediation id + 1.
     #[inline]
     fn code_of(&self, key: Key) -> u8 {
-        if key == NO_KEY {
-            0
-        } else {
-            self.rank_rem[(key >> 16) as usize] + 1
-        }
+        // NO_KEY's rank (u16::MAX) is past the end of `rank_rem` (at most 254 ranks): the bounds
+        // check that indexing needs anyway gives 0 for it, with no branch of its own.
+        self.rank_rem.get((key >> 16) as usize).map_or(0, |&r| r + 1)
     }
 
     /// Code of `addr` for packed lookups: 0 for none, else remediation id + 1.

@@ -79,6 +79,9 @@ pub struct Table<K: Bits> {
     /// summary whose rank is at most this answers a lookup alone, since nothing inner can
     /// outrank it. Recomputed by [`Table::finish`] and [`Table::summarize`].
     settle: u16,
+    /// The largest key of the settle rank, `settle << 16 | 0xffff`: lookups compare a summary
+    /// key with it in one instruction (NO_KEY when the settle rank is NO_RANK).
+    settle_key: Key,
 }
 
 impl<K: Bits> Default for Table<K> {
@@ -92,6 +95,7 @@ impl<K: Bits> Default for Table<K> {
             range_exp: Expiry::default(),
             inner: Vec::new(),
             settle: NO_RANK,
+            settle_key: NO_KEY,
         }
     }
 }
@@ -118,7 +122,12 @@ impl<K: Bits> Table<K> {
     /// of the fast path (same remediation, the first decision met names the origin).
     #[inline]
     fn settles(&self, k: Key) -> bool {
-        k >> 16 <= Key::from(self.settle)
+        k <= self.settle_key
+    }
+
+    fn set_settle(&mut self, settle: u16) {
+        self.settle = settle;
+        self.settle_key = (Key::from(settle) << 16) | 0xffff;
     }
 
     /// The most severe rank among inner decisions, NO_RANK when none; `keys` maps tags to keys.
@@ -173,7 +182,7 @@ impl<K: Bits> Table<K> {
         // answer over a decision that outranks it.
         let settle = self.settle_rank(keys);
         if settle != self.settle {
-            self.settle = settle;
+            self.set_settle(settle);
             self.trie.set_common(settle);
         }
     }
@@ -182,7 +191,7 @@ impl<K: Bits> Table<K> {
     /// or the tag keys changed): the best key and until when a decision with it stays active.
     /// Also recomputes the settle rank, which follows the tag keys.
     pub fn summarize(&mut self, keys: &[Key]) {
-        self.settle = self.settle_rank(keys);
+        self.set_settle(self.settle_rank(keys));
         for b in 0..self.trie.block_count() {
             let (mut best, mut until) = (NO_KEY, 0u64);
             for s in self.trie.short_run(b) {

@@ -52,7 +52,8 @@ def test_demo_runs():
         check=True,
     ).stdout
     assert "registered and logged in as demo" in out
-    assert "startup refresh: +" in out and "lists ['firehol-level1']" in out
+    assert "startup refresh: +" in out and "lists ['firehol-level1', 'office']" in out
+    assert "-> bypass (allowlisted)" in out
     assert "refresh again at once: refused (too soon)" in out
     assert "CAPI holds 1000" in out and "delivered in 4 calls" in out
     assert "restart from snapshot" in out and "export_cidrs" in out
