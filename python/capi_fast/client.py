@@ -451,7 +451,7 @@ class _BaseClient:
         return Blocklist(True, values, r.headers.get("Last-Modified"), skipped)
 
     @staticmethod
-    def _allowlist(r: httpx.Response) -> Allowlist:
+    def _allowlist(r: httpx.Response, link: Any = None) -> Allowlist:
         if r.status_code == 304:
             return Allowlist(False, last_modified=r.headers.get("Last-Modified"))
         entries, skipped = parse_allowlist(r.content.splitlines())
@@ -719,29 +719,31 @@ class CapiClient(_BaseClient):
         Redirects are followed (as crowdsec does). A ``BlocklistLink`` of scope ``ip`` drops the
         lines that hold wider networks.
         """
-        url, headers = self._list_url(link), self._list_headers(if_modified_since)
-
-        def once() -> Blocklist:
-            r = self._http.get(url, headers=headers, follow_redirects=True)
-            self._list_answer(r, "blocklist download")
-            return self._blocklist(r, link)
-
-        result: Blocklist = self._attempts("blocklist download", once)
+        result: Blocklist = self._download(link, if_modified_since, "blocklist download", self._blocklist)
         return result
 
     def fetch_allowlist(
         self, link: AllowlistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
     ) -> Allowlist:
         """Downloads an allowlist (JSON lines) from a stream link (or its URL), honouring If-Modified-Since."""
+        result: Allowlist = self._download(link, if_modified_since, "allowlist download", self._allowlist)
+        return result
+
+    def _download(
+        self,
+        link: Any,
+        if_modified_since: str | float | None,
+        what: str,
+        read: Callable[[httpx.Response, Any], Any],
+    ) -> Any:
         url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
-        def once() -> Allowlist:
+        def once() -> Any:
             r = self._http.get(url, headers=headers, follow_redirects=True)
-            self._list_answer(r, "allowlist download")
-            return self._allowlist(r)
+            self._list_answer(r, what)
+            return read(r, link)
 
-        result: Allowlist = self._attempts("allowlist download", once)
-        return result
+        return self._attempts(what, once)
 
     def enroll(
         self, attachment_key: str, name: str | None = None, overwrite: bool = False, tags: Sequence[str] = ()
@@ -921,29 +923,31 @@ class AsyncCapiClient(_BaseClient):
         self, link: BlocklistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
     ) -> Blocklist:
         """Downloads a blocklist from a stream link (or its URL), honouring If-Modified-Since."""
-        url, headers = self._list_url(link), self._list_headers(if_modified_since)
-
-        async def once() -> Blocklist:
-            r = await self._http.get(url, headers=headers, follow_redirects=True)
-            self._list_answer(r, "blocklist download")
-            return self._blocklist(r, link)
-
-        result: Blocklist = await self._attempts("blocklist download", once)
+        result: Blocklist = await self._download(link, if_modified_since, "blocklist download", self._blocklist)
         return result
 
     async def fetch_allowlist(
         self, link: AllowlistLink | dict[str, Any] | str, if_modified_since: str | float | None = None
     ) -> Allowlist:
         """Downloads an allowlist (JSON lines) from a stream link (or its URL), honouring If-Modified-Since."""
+        result: Allowlist = await self._download(link, if_modified_since, "allowlist download", self._allowlist)
+        return result
+
+    async def _download(
+        self,
+        link: Any,
+        if_modified_since: str | float | None,
+        what: str,
+        read: Callable[[httpx.Response, Any], Any],
+    ) -> Any:
         url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
-        async def once() -> Allowlist:
+        async def once() -> Any:
             r = await self._http.get(url, headers=headers, follow_redirects=True)
-            self._list_answer(r, "allowlist download")
-            return self._allowlist(r)
+            self._list_answer(r, what)
+            return read(r, link)
 
-        result: Allowlist = await self._attempts("allowlist download", once)
-        return result
+        return await self._attempts(what, once)
 
     async def enroll(
         self, attachment_key: str, name: str | None = None, overwrite: bool = False, tags: Sequence[str] = ()
