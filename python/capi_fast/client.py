@@ -560,12 +560,15 @@ class CapiClient(_BaseClient):
     """The synchronous CAPI client.
 
     Args:
-        user_agent: your product and version (``mywaf/2.1``); sent as ``capi-fast/<v> mywaf/2.1``.
-        scenarios: the scenarios your software detects (``^[a-z0-9_-]+/[a-z0-9_-]+$``).
+        user_agent: your product and version (``mywaf/2.1``); sent as ``mywaf/2.1 capi-fast/<v>``,
+            and the name and version the CAPI metrics report.
+        scenarios: the scenarios your software detects, at least one (``signals.SCENARIO_RE``:
+            php-common's rule; names outside the guide's lowercase convention are warned about once).
         storage: where credentials and token live (default: memory only).
         machine_id_prefix: up to 16 ``[a-z0-9]``; fixed once chosen.
         base_url: ``PROD_URL`` by default; ``DEV_URL`` or a ``CapiSimulator.url``.
-        api_version: ``v3`` (SDK shapes) or ``v2`` (crowdsec 1.4 shapes).
+        api_version: ``v3`` (SDK shapes) or ``v2`` (crowdsec 1.4 shapes); by default the one
+            ``base_url`` ends with, else ``v3``.
         timeout: seconds per HTTP call.
         retries: retries of a transient failure (so ``retries + 1`` attempts).
         backoff: first backoff in seconds; doubles per attempt up to ``max_backoff``, with jitter.
@@ -573,6 +576,8 @@ class CapiClient(_BaseClient):
         max_retry_after: a 429 asking to wait longer than this raises ``RateLimitError`` at once.
         renew_before: seconds before expiry at which the token is renewed.
         reset_credentials: allow new credentials when the prefix or endpoint changed.
+        metrics_interval: seconds between automatic CAPI metrics pushes (the first follows the
+            first login); None turns them off.
         clock: Unix time source (tests pass a controllable one).
         transport: an httpx transport (tests, proxies, custom TLS).
         sleep: how to wait between retries (tests pass a recorder).
