@@ -141,6 +141,50 @@ def test_allowlist_and_blocklist_of_the_same_name_stay_apart(sim, clock):
         assert e.index.lookup("192.0.2.7", now=clock.now) == "allow", "removing the blocklist kept the allowlist"
 
 
+def test_allowlists_are_told_apart_by_id_not_name(sim, clock):
+    sim.add_allowlist("office", ["192.0.2.1", "192.0.2.3"], id="a")
+    sim.add_allowlist("office", ["192.0.2.2", "192.0.2.3"], id="b")
+    sim.add_decisions(["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+    with make(sim, clock) as c:
+        e = RemediationEngine(c, clock=clock, min_interval=0)
+        e.refresh_decisions()
+        assert [e.index.lookup(f"192.0.2.{i}", now=clock.now) for i in (1, 2, 3)] == ["allow"] * 3
+        sim.remove_allowlist("office", id="a")  # the other "office" is unchanged: answered 304
+        r = e.refresh_decisions()
+        assert r.lists_removed == ("office",)
+        got = [e.index.lookup(f"192.0.2.{i}", now=clock.now) for i in (1, 2, 3)]
+        assert got == ["ban", "allow", "allow"], "list b still allows .2 and .3"
+
+
+def test_a_snapshot_from_before_allowlists_keeps_answering_until_rebuilt(sim, clock, tmp_path):
+    snap = tmp_path / "decisions.snap"
+    old = DecisionIndex(["ban", "captcha"])  # how the previous release wrote its index
+    old.add("192.0.2.1", "ban", ttl=HOUR, origin="CAPI")
+    old.save(snap, metadata=orjson.dumps({"startup_done": True, "last_refresh": clock.now, "lists": {}}))
+    follower = RemediationEngine.follow(snap)
+    assert follower.get_ip_remediation("192.0.2.1") == "ban", "an upgrade must not fail open"
+    sim.add_decisions(["192.0.2.9"])
+    sim.add_allowlist("office", ["192.0.2.9"])
+    with make(sim, clock) as c:
+        writer = RemediationEngine(c, clock=clock, snapshot_path=snap)
+        assert writer.get_ip_remediation("192.0.2.1") == "ban"
+        r = writer.refresh_decisions()
+        assert r.startup and writer.index.priorities == ["allow", "ban", "captcha"]
+        assert writer.get_ip_remediation("192.0.2.9") == "bypass"
+    assert RemediationEngine.follow(snap).get_ip_remediation("192.0.2.9") == "bypass"
+
+
+def test_a_list_that_redirects_forever_fails_alone(sim, clock):
+    with make(sim, clock) as c:
+        e = RemediationEngine(c, clock=clock, min_interval=0)
+        e.refresh_decisions()
+        sim.add_decisions(["192.0.2.1"])
+        sim.add_blocklist("loop", ["192.0.2.2"], redirect="loop")
+        r = e.refresh_decisions()
+        assert r.performed and "blocklist loop" in (r.error or "")
+        assert e.index.lookup("192.0.2.1", now=clock.now) == "ban", "the stream delta was kept"
+
+
 def test_allow_outranks_on_index_semantics():
     idx = DecisionIndex(["allow", "ban", "captcha"])
     now = 1_800_000_000.0
@@ -184,9 +228,12 @@ def test_allowlist_lines_are_read_as_crowdsec_writes_them():
         b'{"value": "192.0.2.3", "scope": "country"}',
         b'{"value": "192.0.2.0/24", "scope": "ip"}',
         b'{"value": "192.0.2.4", "expiration": "tomorrow"}',
+        b'{"value": "192.0.2.5", "expiration": "2035-04-27T21:59:59"}',
+        b'{"value": "192.0.2.6", "expiration": "2035-04-27"}',
     ]
     entries, skipped = parse_allowlist(lines)
-    assert [v for v, _ in entries] == ["192.0.2.1", "198.51.100.0/24", "192.0.2.2"]
+    assert [v for v, _ in entries] == ["192.0.2.1", "198.51.100.0/24", "192.0.2.2", "192.0.2.5", "192.0.2.6"]
+    assert entries[4][1] == datetime(2035, 4, 27, tzinfo=UTC).timestamp(), "no zone: UTC, as crowdsec reads it"
     assert entries[0][1] == datetime(2027, 1, 2, 3, 4, 5, 123456, tzinfo=UTC).timestamp() and entries[1][1] is None
     assert skipped == 5
 
@@ -293,7 +340,12 @@ def test_an_unreachable_capi_keeps_the_pair(clock):
 
 def test_hub_scenarios_with_capitals_are_accepted_and_pushed(sim, clock, caplog):
     caplog.set_level(logging.WARNING)
-    hub = ["crowdsecurity/CVE-2022-26134", "crowdsecurity/vpatch-CVE-2023-1234", "firewallservices/pf-scan-multi_ports"]
+    hub = [
+        "crowdsecurity/CVE-2022-26134",
+        "crowdsecurity/vpatch-CVE-2023-1234",
+        "firewallservices/pf-scan-multi_ports",
+        "Dominic-Wagner/vaultwarden-bf",
+    ]
     with make(sim, clock, scenarios=hub) as c:
         c.push_signals([Signal.decision("192.0.2.1", name) for name in hub])
     assert [s["scenario"] for s in sim.signals] == hub
@@ -302,7 +354,7 @@ def test_hub_scenarios_with_capitals_are_accepted_and_pushed(sim, clock, caplog)
 
 
 @pytest.mark.parametrize(
-    "name", ["", "x", "my-waf/x", "a" * 17 + "/b", "a/" + "b" * 65, "a/b c", "a/b/c", "é/b", "a/b\n"]
+    "name", ["", "x", "my.waf/x", "a" * 17 + "/b", "a/" + "b" * 65, "a/b c", "a/b/c", "é/b", "a/b\n"]
 )
 def test_names_outside_the_sdk_rule_are_refused(name):
     with pytest.raises(InvalidSignal):

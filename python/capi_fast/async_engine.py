@@ -31,6 +31,8 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
     async def refresh_decisions(self, force: bool = False) -> RefreshReport:
         """Pulls the stream (startup, then deltas) and the blocklists; applies them as one batch."""
         source = self._refresher()
+        if isinstance(source, AsyncCapiClient):
+            source.metrics_tick()  # every call, refused or not: metrics go every 30 min, refreshes every 2 h
         async with self._async_lock():
             refused = self._refused(force)
             if refused is not None:
@@ -44,10 +46,7 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
                 return self._failed(startup, e)
             plans, bad_links = self._list_plans(parsed)
             fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans))
-            report = await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
-        if isinstance(source, AsyncCapiClient):
-            source.metrics_tick()
-        return report
+            return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
 
     def _async_lock(self) -> asyncio.Lock:
         # Created on first use, inside the running loop.

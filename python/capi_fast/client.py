@@ -103,6 +103,9 @@ class _Public:
 
 #: Answers after which crowdsec drops its token, logs in again and replays the call.
 _TOKEN_REFUSED = (401, 403)
+#: Failures of a list download that are neither transport errors (retried) nor statuses: a
+#: redirect loop, a body that does not decode. They fail that list only, never the refresh.
+_UNUSABLE_ANSWER = (httpx.TooManyRedirects, httpx.DecodingError)
 _ATTACHMENT_KEY = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
 _VERSION_SUFFIX = re.compile(r"^(.*/)(v[23])/?$")
 
@@ -744,7 +747,10 @@ class CapiClient(_BaseClient):
         url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
         def once() -> Any:
-            r = self._http.get(url, headers=headers, follow_redirects=True)
+            try:
+                r = self._http.get(url, headers=headers, follow_redirects=True)
+            except _UNUSABLE_ANSWER as e:
+                raise CapiError(f"{what}: unusable answer ({type(e).__name__})") from None
             self._list_answer(r, what)
             return read(r, link)
 
@@ -948,7 +954,10 @@ class AsyncCapiClient(_BaseClient):
         url, headers = self._list_url(link), self._list_headers(if_modified_since)
 
         async def once() -> Any:
-            r = await self._http.get(url, headers=headers, follow_redirects=True)
+            try:
+                r = await self._http.get(url, headers=headers, follow_redirects=True)
+            except _UNUSABLE_ANSWER as e:
+                raise CapiError(f"{what}: unusable answer ({type(e).__name__})") from None
             self._list_answer(r, what)
             return read(r, link)
 

@@ -95,8 +95,13 @@ class _State:
     last_refresh: float = 0.0
     # blocklist name -> {"last_modified", "remediation", "values"}
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # allowlist name -> {"last_modified", "entries": [[value, expires_at or None], ...]}
+    # "id:<id>" (or "name:<name>") -> {"name", "last_modified", "entries": [[value, expires_at or None], ...]}
     allowlists: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _allow_key(link: AllowlistLink) -> str:
+    """Allowlists are told apart by CAPI's id (crowdsec stores them by id): two may share a name."""
+    return f"id:{link.id}" if link.id else f"name:{link.name}"
 
 
 class _ListBatch:
@@ -111,6 +116,8 @@ class _ListBatch:
         self.removed: list[str] = []
         self.errors: list[str] = []
         self.skipped = 0
+        self.allow_names_dropped: set[str] = set()
+        self.allow_written: set[str] = set()
 
     def drop_values(self, name: str, values: Sequence[str], remediation: str | None) -> None:
         """Removes a list that left the links."""
@@ -138,22 +145,45 @@ class _ListBatch:
         (self.renewed if renewed else self.updated).append(link.name)
 
     def allowlist(self, link: AllowlistLink, got: Allowlist, state: dict[str, dict[str, Any]]) -> None:
-        prev = state.get(link.name)
+        key = _allow_key(link)
+        prev = state.get(key)
         if not got.modified and prev is not None:
             return  # entries carry their own expiry: nothing to renew
-        origin = f"lists:{link.name}"
         if prev is not None:
-            self.removes.extend((e[0], origin, ALLOW) for e in prev.get("entries", []))
+            self.drop_allow(prev)
         entries = []
         for value, expires in got.entries:
             if expires is not None and expires <= self.now:
                 self.skipped += 1
                 continue
             entries.append([value, expires])
-            self.adds.append((value, ALLOW, None if expires is None else expires - self.now, origin))
+        state[key] = {"name": link.name, "last_modified": got.last_modified, "entries": entries}
+        self.add_allow(key, state[key])
         self.skipped += got.skipped
-        state[link.name] = {"last_modified": got.last_modified, "entries": entries}
         self.updated.append(link.name)
+
+    def drop_allow(self, info: dict[str, Any]) -> None:
+        """Removes an allowlist's entries (a list of the same name re-adds its own: see ``restore_allow``)."""
+        name = str(info.get("name", ""))
+        self.removes.extend((e[0], f"lists:{name}", ALLOW) for e in info.get("entries", []))
+        self.allow_names_dropped.add(name)
+
+    def add_allow(self, key: str, info: dict[str, Any]) -> None:
+        origin = f"lists:{info.get('name', '')}"
+        for value, expires in info.get("entries", []):
+            if expires is None or expires > self.now:
+                self.adds.append((value, ALLOW, None if expires is None else expires - self.now, origin))
+        self.allow_written.add(key)
+
+    def restore_allow(self, state: dict[str, dict[str, Any]]) -> None:
+        """Re-adds the entries of unchanged allowlists sharing a name with one whose entries were removed.
+
+        Entries of lists of one name share the origin ``lists:<name>``; removals apply before
+        additions, so re-adding keeps a value another list of that name still allows.
+        """
+        for key, info in state.items():
+            if key not in self.allow_written and info.get("name") in self.allow_names_dropped:
+                self.add_allow(key, info)
 
 
 _Source = TypeVar("_Source")
@@ -358,7 +388,7 @@ class _Engine(Generic[_Source]):
             prev = self.state.lists.get(link.name)
             plans.append(_ListPlan(link, prev.get("last_modified") if prev else None))
         for allow in allowlists:
-            prev = self.state.allowlists.get(allow.name)
+            prev = self.state.allowlists.get(_allow_key(allow))
             plans.append(_ListPlan(allow, prev.get("last_modified") if prev else None))
         skipped = bad_blocklists + bad_allowlists
         if skipped:
@@ -396,13 +426,20 @@ class _Engine(Generic[_Source]):
             elif isinstance(plan.link, AllowlistLink) and isinstance(got, Allowlist):
                 batch.allowlist(plan.link, got, allowlists)
         seen_blocklists = {p.name for p in plans if isinstance(p.link, BlocklistLink)}
-        seen_allowlists = {p.name for p in plans if isinstance(p.link, AllowlistLink)}
+        seen_allowlists = {_allow_key(p.link) for p in plans if isinstance(p.link, AllowlistLink)}
         for name in [n for n in lists if n not in seen_blocklists]:
             info = lists.pop(name)
             batch.drop_values(name, info.get("values", []), info.get("remediation"))
-        for name in [n for n in allowlists if n not in seen_allowlists]:
-            batch.drop_values(name, [e[0] for e in allowlists.pop(name).get("entries", [])], ALLOW)
-        result = self.index.apply(
+        for key in [k for k in allowlists if k not in seen_allowlists]:
+            info = allowlists.pop(key)
+            batch.drop_allow(info)
+            batch.removed.append(str(info.get("name", key)))
+        batch.restore_allow(allowlists)
+        # A snapshot from before allowlists ranks no "allow": the startup pull rebuilds into a new index.
+        target = (
+            self.index if self.index.priorities == self._index_priorities else DecisionIndex(self._index_priorities)
+        )
+        result = target.apply(
             add=batch.adds,
             remove=batch.removes,
             stream=parsed,
@@ -411,6 +448,8 @@ class _Engine(Generic[_Source]):
             strict=False,
             now=now,
         )
+        if target is not self.index:
+            self.index = target
         self.state.startup_done = True
         self.state.last_refresh = now
         self.state.lists = lists
@@ -458,6 +497,15 @@ class _Engine(Generic[_Source]):
                 "ignoring the unreadable snapshot %s (%s): a startup pull will rebuild it", self.snapshot_path, e
             )
             return
+        if index.priorities == self.priorities:
+            # Written before allowlists existed (no "allow" rank, so no allowlist entry): keep
+            # answering from it, and let a startup pull rebuild it in the current layout.
+            log.warning(
+                "snapshot %s predates allowlists: serving it until a startup pull rebuilds it", self.snapshot_path
+            )
+            self.index = index
+            self.state = _State()
+            return
         if index.priorities != self._index_priorities:
             log.warning(
                 "snapshot priorities %s differ from %s: a startup pull will rebuild it",
@@ -480,7 +528,7 @@ class _Engine(Generic[_Source]):
             "last_refresh": self.state.last_refresh,
             "next_refresh_at": self.next_refresh_at,
             "lists": sorted(self.state.lists),
-            "allowlists": sorted(self.state.allowlists),
+            "allowlists": sorted({str(i.get("name")) for i in self.state.allowlists.values()}),
             "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
         }
 
@@ -506,6 +554,8 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
         keep being served.
         """
         source = self._refresher()
+        if isinstance(source, CapiClient):
+            source.metrics_tick()  # every call, refused or not: metrics go every 30 min, refreshes every 2 h
         with self._refreshing:
             refused = self._refused(force)
             if refused is not None:
@@ -518,10 +568,7 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
                 return self._failed(startup, e)
             plans, bad_links = self._list_plans(parsed)
             fetched = [self._fetch(source, p) for p in plans]
-            report = self._commit(parsed, plans, fetched, startup, started, bad_links)
-        if isinstance(source, CapiClient):
-            source.metrics_tick()
-        return report
+            return self._commit(parsed, plans, fetched, startup, started, bad_links)
 
     @staticmethod
     def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | Allowlist | CapiError:

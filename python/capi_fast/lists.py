@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -201,8 +201,8 @@ def _expiry(value: Any) -> float | None:
         rest = rest[: min(digits, 6)] + rest[digits:]
         text = f"{head}.{rest}"
     t = datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        raise ValueError("expiration without a time zone")
+    if t.tzinfo is None:  # crowdsec's date parser reads a time without a zone as UTC
+        t = t.replace(tzinfo=UTC)
     if t.year <= 1:  # Go's zero time: no expiration
         return None
     return t.timestamp()
@@ -212,7 +212,8 @@ def parse_allowlist(lines: Iterable[bytes | str]) -> tuple[list[tuple[str, float
     """Entries of an allowlist body (JSON lines ``{"value", "scope"?, "expiration"?}``), and lines skipped.
 
     ``scope`` may be ``ip`` or ``range`` (either case; absent means the value's own form
-    decides); ``expiration`` is RFC 3339, or absent/null for none. Blank lines are ignored.
+    decides); ``expiration`` is RFC 3339 (a time or date without a zone is UTC, as crowdsec
+    reads it), or absent/null for none. Blank lines are ignored.
     """
     entries: list[tuple[str, float | None]] = []
     skipped = 0

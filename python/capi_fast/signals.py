@@ -32,10 +32,12 @@ __all__ = [
     "scenario_problem",
 ]
 
-#: The rule CAPI's official SDK applies to scenario names (php-common's ``Constants``):
-#: ``<product>/<name>``, the product 1-16 letters or digits, the name 1-64 letters, digits, ``_``
-#: or ``-``, either case. Hub scenarios such as ``crowdsecurity/CVE-2022-26134`` carry capitals.
-SCENARIO_RE = re.compile(r"^[A-Za-z0-9]{1,16}/[A-Za-z0-9_-]{1,64}$", re.ASCII)
+#: The rule for scenario names: ``<product>/<name>``, the product 1-16 and the name 1-64 letters,
+#: digits, ``_`` or ``-``, either case. It is the official SDK's (php-common's ``Constants``),
+#: whose product part is alphanumeric only, widened to the hub authors CAPI serves scenarios of
+#: (``Dominic-Wagner/vaultwarden-bf``, ``gauth-fr/immich-bf``). Hub scenarios such as
+#: ``crowdsecurity/CVE-2022-26134`` carry capitals.
+SCENARIO_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}/[A-Za-z0-9_-]{1,64}$", re.ASCII)
 #: The convention the vendor's guide asks integrators to name their own scenarios by. Names
 #: outside it but inside ``SCENARIO_RE`` are accepted, with one warning per name.
 GUIDE_SCENARIO_RE = re.compile(r"^[a-z0-9_-]+/[a-z0-9_-]+$", re.ASCII)
@@ -56,8 +58,8 @@ def scenario_problem(name: object) -> str | None:
     """
     if not isinstance(name, str) or not SCENARIO_RE.fullmatch(name):
         return (
-            f"scenario {str(name)[:80]!r} must be <product>/<name>: a product of 1 to 16 letters or digits, "
-            "a name of 1 to 64 letters, digits, '_' or '-' (e.g. mywaf/login-bruteforce)"
+            f"scenario {str(name)[:80]!r} must be <product>/<name>: a product of 1 to 16 and a name of "
+            "1 to 64 letters, digits, '_' or '-' (e.g. mywaf/login-bruteforce)"
         )
     if not GUIDE_SCENARIO_RE.fullmatch(name) and name not in _warned:
         with _warned_lock:

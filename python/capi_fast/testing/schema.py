@@ -140,8 +140,9 @@ def _base_metrics_problem(m: Any, where: str) -> str | None:
         return f"{where} must be an object"
     if not isinstance(m.get("version"), str) or len(m["version"]) > 255:
         return f"{where}.version is required (a string of at most 255 characters)"
-    if not _is_int(m.get("utc_startup_timestamp")):
-        return f"{where}.utc_startup_timestamp is required (an integer)"
+    # crowdsec (1.6+) sends utc_startup_timestamp as null: null counts as absent, not as an error.
+    if m.get("utc_startup_timestamp") is not None and not _is_int(m["utc_startup_timestamp"]):
+        return f"{where}.utc_startup_timestamp must be an integer"
     os_ = m.get("os")
     if os_ is not None and (
         not isinstance(os_, dict) or not isinstance(os_.get("name"), str) or not isinstance(os_.get("version"), str)
@@ -192,10 +193,10 @@ def usage_metrics_problem(body: Any) -> str | None:
             problem = _base_metrics_problem(m, f"{key}[{i}]")
             if problem:
                 return problem
-            if key == "log_processors" and (
-                not isinstance(m.get("hub_items"), dict) or not isinstance(m.get("datasources"), dict)
+            if key == "log_processors" and any(
+                m.get(f) is not None and not isinstance(m[f], dict) for f in ("hub_items", "datasources")
             ):
-                return f"{key}[{i}] needs hub_items and datasources"
+                return f"{key}[{i}].hub_items and datasources must be objects"
             if key == "remediation_components" and m.get("last_pull") is not None and not _is_int(m["last_pull"]):
                 return f"{key}[{i}].last_pull must be an integer"
     lapi = body.get("lapi")

@@ -104,7 +104,7 @@ class _Blocklist:
     duration: float | None
     scope: str | None
     modified: float
-    redirect: bool = False
+    redirect: bool | str = False
 
 
 @dataclass
@@ -267,12 +267,12 @@ class CapiSimulator:
         remediation: str = "ban",
         duration: float | None = 86400,
         scope: str | None = "ip",
-        redirect: bool = False,
+        redirect: bool | str = False,
     ) -> str:
         """Adds (or replaces) a subscribed blocklist; returns its download URL.
 
         ``scope`` or ``duration`` None leaves the field out of the link (a link crowdsec skips);
-        with ``redirect`` the link's URL answers 302 to the list.
+        with ``redirect`` the link's URL answers 302 to the list (``"loop"``: to itself, forever).
         """
         with self._lock:
             self._mutations += 1
@@ -295,6 +295,7 @@ class CapiSimulator:
         *,
         expiration: float | None = None,
         scope: str | None = None,
+        id: str | None = None,  # noqa: A002 - the link's field
     ) -> str:
         """Adds (or replaces) an allowlist the machine sees in ``links.allowlists``; returns its URL.
 
@@ -304,7 +305,7 @@ class CapiSimulator:
         """
         with self._lock:
             self._mutations += 1
-            aid = "al-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
+            aid = re.sub(r"[^A-Za-z0-9_-]", "-", id if id is not None else "al-" + name)
             entries = []
             for v in values:
                 entry: dict[str, Any] = {"value": v}
@@ -316,11 +317,13 @@ class CapiSimulator:
             self._allowlists[aid] = _Allowlist(aid, name, entries, self.clock())
             return f"{self.url}allowlists/{aid}/download"
 
-    def remove_allowlist(self, name: str) -> None:
-        """Unsubscribes an allowlist: it disappears from the stream's links."""
+    def remove_allowlist(self, name: str, id: str | None = None) -> None:  # noqa: A002
+        """Unsubscribes the allowlists called ``name`` (only the one of that ``id`` if given)."""
         with self._lock:
             self._mutations += 1
-            self._allowlists = {k: a for k, a in self._allowlists.items() if a.name != name}
+            self._allowlists = {
+                k: a for k, a in self._allowlists.items() if a.name != name or (id is not None and a.id != id)
+            }
 
     def fail_next(self, n: int = 1, **fault: Any) -> None:
         """Makes the next ``n`` matching calls misbehave as ``Fault(**fault)`` says."""
@@ -425,7 +428,7 @@ class CapiSimulator:
         mid, pw = body.get("machine_id"), body.get("password")
         if not isinstance(mid, str) or not MACHINE_ID.fullmatch(mid):
             return 400, {"message": "Invalid request body: machine_id must be letters and digits"}
-        if not isinstance(pw, str) or not pw:
+        if not isinstance(pw, str):
             return 400, {"message": "Invalid request body: password is required"}
         if mid in self._watchers:
             # What the real CAPI answers for a machine_id it already holds (php-capi-client
@@ -458,7 +461,11 @@ class CapiSimulator:
         return 200, {"code": 200, "expire": expire, "token": token}
 
     def _enroll(self, machine: str, body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("attachment_key"), str):
+        if not isinstance(body, dict):
+            return 400, {"message": "Invalid request body: a JSON object is required"}
+        if body.get("autoenroll") is True and "attachment_key" not in body:
+            body = {**body, "attachment_key": "autoenroll"}  # crowdsec's auto-enroll omits the key
+        if not isinstance(body.get("attachment_key"), str):
             return 400, {"message": "Invalid request body: attachment_key is required"}
         if not ATTACHMENT_KEY.fullmatch(body["attachment_key"]):
             return 400, {"message": "Invalid request body: attachment_key must be letters and digits"}
@@ -580,7 +587,7 @@ class CapiSimulator:
         """A ``BlocklistLink``: name, url, remediation, scope, duration (CAPI gives no id)."""
         link: dict[str, Any] = {
             "name": b.name,
-            "url": f"{self.url}{'redirect/' if b.redirect else ''}blocklists/{b.id}/download",
+            "url": f"{self.url}{_redirect_prefix(b.redirect)}blocklists/{b.id}/download",
             "remediation": b.remediation,
         }
         if b.scope is not None:
@@ -616,6 +623,10 @@ class CapiSimulator:
             if isinstance(found, _Blocklist):
                 return 200, ("\n".join(found.values) + "\n").encode(), found.modified
             return 200, b"".join(orjson.dumps(e) + b"\n" for e in found.entries), found.modified
+
+
+def _redirect_prefix(redirect: bool | str) -> str:
+    return "loop/" if redirect == "loop" else "redirect/" if redirect else ""
 
 
 def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
@@ -696,6 +707,10 @@ class _Handler(BaseHTTPRequestHandler):
                     int(fault.retry_after) if fault.retry_after == int(fault.retry_after) else fault.retry_after
                 )
             self._send(fault.status, json.dumps({"message": f"injected {fault.status}"}).encode(), headers)
+            return
+        if parts.path.startswith("/loop/") and self.command == "GET":  # a redirect to itself, forever
+            self._log(302, False)
+            self._send(302, b"", {"Location": sim.url + parts.path.lstrip("/")})
             return
         if parts.path.startswith("/redirect/") and self.command == "GET":
             self._log(302, False)
