@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import httpx
 import pytest
 
 from capi_fast import CapiClient, FileStorage, MemoryStorage, Signal
@@ -236,3 +237,67 @@ def test_add_rejects_non_signals(sim):
         b = SignalBatcher(c, start=False)
         with pytest.raises(ValueError):
             b.add({"scenario": "a/b"})  # type: ignore[arg-type]
+
+
+class _BrokenSignals(httpx.HTTPTransport):
+    """Real HTTP to the simulator, except that sending signals fails with an unexpected error type."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signals"):
+            raise ValueError("disk on fire")
+        return super().handle_request(request)
+
+
+def test_any_failure_backs_off_is_counted_and_logged_once_per_step(sim, caplog):
+    clock = Clock()
+    with client_for(sim, transport=_BrokenSignals()) as c:
+        b = SignalBatcher(c, clock=clock, start=False)
+        b.add(sig(1))
+        clock.now += 600
+        waits = []
+        for _ in range(12):
+            assert b.send_due(), "the send was due"
+            st = b.stats()
+            assert st.queued == 1 and st.next_send_in >= b.schedule.backoff > 0, "a failure backs off"
+            waits.append(b.schedule.backoff)
+            assert not b.send_due(), "nothing is sent again before the backoff ends"
+            clock.now += st.next_send_in
+        b.close(flush=False)
+    assert b.stats().failed_attempts == 12 and "ValueError: disk on fire" in (b.stats().last_error or "")
+    assert waits[:7] == [10, 20, 40, 80, 160, 320, 600] and set(waits[7:]) == {600}
+    logged = [r for r in caplog.records if "sending 1 signals failed" in r.getMessage()]
+    assert len(logged) == 7, "one line per backoff step, not one per failure"
+
+
+class _BrokenSignalsAsync(httpx.AsyncHTTPTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signals"):
+            raise ValueError("disk on fire")
+        return await super().handle_async_request(request)
+
+
+def test_the_async_batcher_backs_off_on_any_failure_too(sim):
+    clock = Clock()
+
+    async def main() -> list[float]:
+        async with AsyncCapiClient(
+            user_agent="t/1",
+            scenarios=["mywaf/login-bruteforce"],
+            base_url=sim.url,
+            storage=MemoryStorage(),
+            transport=_BrokenSignalsAsync(),
+            metrics_interval=None,
+        ) as c:
+            b = c.signal_batcher(clock=clock)
+            b.add(sig(1))
+            clock.now += 600
+            backoffs = []
+            for _ in range(3):
+                assert await b.send_due() and not await b.send_due()
+                backoffs.append(b.schedule.backoff)
+                clock.now += b.stats().next_send_in
+            assert b.stats().failed_attempts == 3 and b.stats().queued == 1
+            await b.aclose(flush=False)
+            return backoffs
+
+    assert asyncio.run(main()) == [10, 20, 40]

@@ -86,6 +86,7 @@ class _Base:
         self.failed_attempts = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self._logged_backoff: float | None = None
 
     def add(self, signal: Signal) -> None:
         """Queues a signal durably; returns without touching the network."""
@@ -103,20 +104,32 @@ class _Base:
     def _done(self, batch: list[tuple[int, dict[str, Any]]], error: Exception | None) -> bool:
         """Records a send: acks the batch if CAPI accepted it; True on success."""
         if error is None:
-            self.spool.ack([seq for seq, _ in batch])
+            try:
+                self.spool.ack([seq for seq, _ in batch])
+            except Exception as e:  # sent but not acked: resent later (at-least-once), after a backoff
+                error = e
         self._result(len(batch), error)
         return error is None
 
     def _result(self, n: int, error: Exception | None) -> None:
+        """Counts a send step; any failure, of any type, backs off and is logged once per backoff step."""
+        self.schedule.sent(error is None)
         if error is None:
             self.sent += n
             self.last_success = self.schedule.clock()
             self.last_error = None
-        else:
-            self.failed_attempts += 1
-            self.last_error = str(error)
-            log.warning("sending %d signals failed (%s); they stay queued", n, error)
-        self.schedule.sent(error is None)
+            self._logged_backoff = None
+            return
+        self.failed_attempts += 1
+        self.last_error = f"{type(error).__name__}: {error}" if not isinstance(error, CapiError) else str(error)
+        if self.schedule.backoff != self._logged_backoff:
+            self._logged_backoff = self.schedule.backoff
+            log.warning(
+                "sending %d signals failed (%s); they stay queued, next attempt in %.0f s",
+                n,
+                self.last_error,
+                self.schedule.backoff,
+            )
 
     def stats(self) -> BatcherStats:
         """Queued, sent, failed attempts, dropped, last success, last error, next send."""
@@ -182,12 +195,16 @@ class SignalBatcher(_Base):
     def _send_batch(self) -> bool:
         """Sends the oldest batch; True on success (or nothing to send)."""
         with self._send_lock:
-            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            try:
+                batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            except Exception as e:  # the spool itself failed (files removed, disk error)
+                self._result(0, e)
+                return False
             if not batch:
                 return True
             try:
                 self.client.push_signal_payloads([p for _, p in batch])
-            except CapiError as e:
+            except Exception as e:  # any failure keeps the batch queued and backs off
                 return self._done(batch, e)
             return self._done(batch, None)
 
@@ -222,8 +239,8 @@ class SignalBatcher(_Base):
                     return
             try:
                 self.send_due()
-            except Exception:  # the sender must survive anything; the error is in stats()
-                log.exception("signal sender step failed")
+            except Exception as e:  # the sender must survive anything: backed off, counted, logged once a step
+                self._result(0, e)
 
     def close(self, flush: bool = True, timeout: float = 30.0) -> None:
         """Stops the sender; with ``flush`` first tries to deliver what is queued."""
@@ -279,12 +296,16 @@ class AsyncSignalBatcher(_Base):
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            try:
+                batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            except Exception as e:  # the spool itself failed (files removed, disk error)
+                self._result(0, e)
+                return False
             if not batch:
                 return True
             try:
                 await self.client.push_signal_payloads([p for _, p in batch])
-            except CapiError as e:
+            except Exception as e:  # any failure keeps the batch queued and backs off
                 return self._done(batch, e)
             return self._done(batch, None)
 
@@ -320,8 +341,8 @@ class AsyncSignalBatcher(_Base):
                 return
             try:
                 await self.send_due()
-            except Exception:
-                log.exception("signal sender step failed")
+            except Exception as e:  # the sender must survive anything: backed off, counted, logged once a step
+                self._result(0, e)
 
     async def aclose(self, flush: bool = True) -> None:
         """Stops the sender task, then with ``flush`` delivers what is queued.
