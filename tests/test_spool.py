@@ -93,6 +93,19 @@ def test_corrupt_ack_file_is_an_error_not_a_silent_resend(tmp_path):
         Spool(tmp_path)
 
 
+def test_following_the_corrupt_file_advice_works_in_the_same_process(tmp_path):
+    s = Spool(tmp_path)
+    fill(s, 3)
+    s.close()
+    (tmp_path / "ack.json").write_text("{nonsense")
+    with pytest.raises(StorageError, match="delete it"):
+        Spool(tmp_path)
+    (tmp_path / "ack.json").unlink()  # what the error says to do
+    again = Spool(tmp_path)  # not "in use by another process": the failed open released its lock
+    assert ns(again) == [0, 1, 2]
+    again.close()
+
+
 def test_full_durability_and_bad_options(tmp_path):
     s = Spool(tmp_path, durability="full")
     fill(s, 3)

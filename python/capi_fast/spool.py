@@ -84,6 +84,18 @@ class Spool:
     # -- disk ----------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Locks the directory and replays it; a failure releases whatever it took (lock, files)."""
+        try:
+            self._open_locked()
+        except BaseException:
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)  # closing the lock's descriptor releases the flock
+            self._fd = self._lock_fd = None
+            raise
+
+    def _open_locked(self) -> None:
         assert self.path is not None
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
