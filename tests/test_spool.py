@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,26 @@ def test_full_durability_and_bad_options(tmp_path):
         Spool(None, durability="sometimes")
     with pytest.raises(ValueError):
         Spool(None, max_signals=0)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from capi_fast.spool import Spool
+s = Spool(sys.argv[1], max_signals=1000)
+for i in range(30):
+    s.add(f"u{i}", i % 3 == 0, {"uuid": f"u{i}", "n": i})  # every third a whisper
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_bound_applies_on_open_after_a_kill(tmp_path):
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    s = Spool(tmp_path, max_signals=10)
+    assert len(s) == 10 and s.dropped == 20
+    decisions = [i for i in range(30) if i % 3]
+    assert ns(s) == decisions[-10:], "whispers went first, then the oldest decisions"
+    s.close()
+    again = Spool(tmp_path, max_signals=10)
+    assert ns(again) == decisions[-10:] and again.dropped == 0, "the cut was persisted"
+    again.close()

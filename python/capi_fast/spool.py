@@ -121,6 +121,12 @@ class Spool:
             self._replay(seg)
         self._segment = max(segments[-1] if segments else 0, self._acked[0], 1)
         self._open_segment(self._segment)
+        # The bound holds from the first moment: a spool written by a crashed process or with a
+        # larger max_signals is cut like any full spool (oldest whispers, then decisions), counted.
+        if len(self._pending) > self.max_signals:
+            while len(self._pending) > self.max_signals:
+                self._make_room()
+            self._persist_ack()
 
     def _replay(self, seg: int) -> None:
         assert self.path is not None
