@@ -151,6 +151,17 @@ pub(crate) fn text_of<'a, 'py>(v: &'a Bound<'py, PyAny>, what: &str) -> PyResult
     })
 }
 
+/// The text of a value that must be an address or network: one Python cannot encode as UTF-8
+/// (a lone surrogate) is not one, and is reported (or skipped) as such.
+pub(crate) fn addr_text<'a>(s: &'a Bound<'_, PyString>) -> Result<&'a str, Error> {
+    s.to_str().map_err(|_| Error::InvalidIp("not an IP address or network: the text is not valid UTF-8".into()))
+}
+
+/// The text of a remediation or origin name (a lone surrogate makes it one the index cannot take).
+fn name_text<'a>(s: &'a Bound<'_, PyString>) -> Result<&'a str, Error> {
+    s.to_str().map_err(|_| Error::InvalidDecision("a remediation or origin must be valid UTF-8".into()))
+}
+
 fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
     text_of(v, what).cloned()
 }
@@ -286,7 +297,7 @@ impl PyDecisionIndex {
     ) -> PyResult<Result<AddItem, Error>> {
         if let Ok(s) = item.cast::<PyString>() {
             let exp = expiry(now, ttl)?;
-            return Ok(parse_net(s.to_str()?).map(|(net, normalized)| AddItem {
+            return Ok(addr_text(s).and_then(parse_net).map(|(net, normalized)| AddItem {
                 net,
                 normalized,
                 pair: pairs.id(origin, remediation),
@@ -305,15 +316,17 @@ impl PyDecisionIndex {
         let ttl = if t.len() > 2 { opt_f64(Some(t.get_item(2)?))? } else { ttl };
         let org = if t.len() > 3 { Some(text(&t.get_item(3)?, "origin")?) } else { None };
         let exp = expiry(now, ttl)?;
-        let rem = match &rem {
-            Some(r) => r.to_str()?,
+        let rem = match rem.as_ref().map(|r| name_text(r)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Ok(Err(e)),
             None => remediation,
         };
-        let org = match &org {
-            Some(o) => o.to_str()?,
+        let org = match org.as_ref().map(|o| name_text(o)) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => return Ok(Err(e)),
             None => origin,
         };
-        Ok(parse_net(value.to_str()?).map(|(net, normalized)| AddItem {
+        Ok(addr_text(&value).and_then(parse_net).map(|(net, normalized)| AddItem {
             net,
             normalized,
             pair: pairs.id(org, rem),
@@ -431,7 +444,7 @@ impl PyDecisionIndex {
                     } else {
                         return Err(PyTypeError::new_err("a remove item must be a str or a tuple"));
                     };
-                match parse_net(value.to_str()?) {
+                match addr_text(&value).and_then(parse_net) {
                     Ok((net, _)) => removes.push(RemoveItem { net, origin: o, remediation: r }),
                     Err(e) if strict => return Err(to_py(py, e)),
                     Err(_) => result.skipped += 1,
@@ -450,7 +463,7 @@ impl PyDecisionIndex {
         origin: Option<String>,
         remediation: Option<String>,
     ) -> PyResult<usize> {
-        let (net, _) = parse_net(text(value, "value")?.to_str()?).map_err(|e| to_py(py, e))?;
+        let (net, _) = addr_text(&text(value, "value")?).and_then(parse_net).map_err(|e| to_py(py, e))?;
         let removes = vec![RemoveItem { net, origin, remediation }];
         let r = self.run_batch(py, vec![], Pairs::default(), removes, 0, BatchResult::default())?;
         Ok(r.removed)
@@ -459,7 +472,7 @@ impl PyDecisionIndex {
     /// The remediation for `ip` at `now`, or None.
     #[pyo3(signature = (ip, now = None))]
     fn lookup(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Option<Py<PyString>>> {
-        let addr = parse_addr(text_of(ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?;
+        let addr = addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?;
         Ok(self.lookup_addr(py, addr, ms(clock(now)?)))
     }
 
@@ -492,7 +505,7 @@ impl PyDecisionIndex {
         }
         for ip in ips.try_iter()? {
             let ip = ip?;
-            addrs.push(parse_addr(text(&ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?);
+            addrs.push(addr_text(&text(&ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?);
         }
         let ix = self.inner.snapshot();
         let codes: Vec<u8> = py.detach(|| ix.codes(&addrs, now));

@@ -6,7 +6,7 @@
 //! interval from inside `get`.
 
 use crate::parse::parse_addr;
-use crate::py::{clock, ms, text_of, to_py, PyDecisionIndex};
+use crate::py::{addr_text, clock, ms, text_of, to_py, PyDecisionIndex};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
@@ -147,7 +147,7 @@ impl Remediator {
     #[pyo3(signature = (ip, now = None))]
     fn get(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Py<PyString>> {
         self.maybe_reload(py)?;
-        let addr = parse_addr(text_of(ip, "ip")?.to_str()?).map_err(|e| to_py(py, e))?;
+        let addr = addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?;
         let now = ms(clock(now)?);
         loop {
             let st = self.state.read();

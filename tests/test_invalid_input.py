@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capi_fast import InvalidDecision, InvalidIP
+from capi_fast import DecisionIndex, InvalidDecision, InvalidIP, RemediationEngine
 from capi_fast.errors import CapiFastError
 from support import NOW
 
@@ -120,3 +120,18 @@ def test_packed_buffer_errors(make_index):
 def test_bad_export_family(make_index):
     with pytest.raises(ValueError):
         make_index().export_cidrs("ban", family=5)
+
+
+def test_a_lone_surrogate_is_an_invalid_ip_and_a_skipped_item():
+    bad = "192.0.2.\ud800"
+    idx = DecisionIndex()
+    for call in (idx.lookup, idx.remove, lambda v: idx.add(v), lambda v: idx.lookup_many([v])):
+        with pytest.raises(InvalidIP):
+            call(bad)
+    r = idx.add_many([bad, "192.0.2.1", (bad, "ban"), ("192.0.2.2", "ban", None, "o\udc00")], strict=False)
+    assert (r.added, r.skipped) == (1, 3) and idx.lookup("192.0.2.1") == "ban"
+    r = idx.apply(remove=[bad, ("192.0.2.1",)], strict=False)
+    assert (r.removed, r.skipped) == (1, 1)
+    engine = RemediationEngine(None)
+    with pytest.raises(InvalidIP):
+        engine.get_ip_remediation(bad)
