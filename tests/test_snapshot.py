@@ -94,3 +94,21 @@ def test_missing_file_and_unwritable_dir_are_os_errors(tmp_path):
         DecisionIndex.load(tmp_path / "missing")
     with pytest.raises(OSError):
         DecisionIndex().save(tmp_path / "no" / "such" / "dir" / "s")
+
+
+@pytest.mark.parametrize("meta", [b"[]", b'{"lists": [1]}', b'{"last_refresh": "soon"}', b'{"allowlists": {"x": 3}}'])
+def test_malformed_snapshot_metadata_never_raises_on_the_request_path(tmp_path, meta):
+    from capi_fast import RemediationEngine
+
+    snap = tmp_path / "decisions.snap"
+    good = DecisionIndex(["allow", "ban", "captcha"])
+    good.add("192.0.2.1", "ban", ttl=3600)
+    good.save(snap, metadata=b'{"startup_done": true, "last_refresh": 1.0, "lists": {}}')
+    follower = RemediationEngine.follow(snap, check_every=0.0)
+    assert follower.get_ip_remediation("192.0.2.1") == "ban"
+    bad = DecisionIndex(["allow", "ban", "captcha"])
+    bad.add("192.0.2.2", "ban", ttl=3600)
+    bad.save(snap, metadata=meta)
+    # The reload runs inside get_ip_remediation: it must answer, never raise.
+    assert follower.get_ip_remediation("192.0.2.2") == "ban", "the decisions are served, the bad state is not used"
+    assert RemediationEngine.follow(snap).get_ip_remediation("192.0.2.2") == "ban"

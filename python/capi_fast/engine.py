@@ -99,6 +99,25 @@ class _State:
     allowlists: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _state_from(doc: Any) -> _State:
+    """The refresh state saved in a snapshot's metadata; raises TypeError/ValueError on a wrong shape."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"metadata is a {type(doc).__name__}, not an object")
+    lists, allowlists = doc.get("lists", {}), doc.get("allowlists", {})
+    for name, table in (("lists", lists), ("allowlists", allowlists)):
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise TypeError(f"{name} is not an object of objects")
+    last = doc.get("last_refresh", 0.0)
+    if isinstance(last, bool) or not isinstance(last, int | float):
+        raise TypeError("last_refresh is not a number")
+    return _State(
+        startup_done=bool(doc.get("startup_done")),
+        last_refresh=float(last),
+        lists={str(k): dict(v) for k, v in lists.items()},
+        allowlists={str(k): dict(v) for k, v in allowlists.items()},
+    )
+
+
 def _allow_key(link: AllowlistLink) -> str:
     """Allowlists are told apart by CAPI's id (crowdsec stores them by id): two may share a name."""
     return f"id:{link.id}" if link.id else f"name:{link.name}"
@@ -231,6 +250,7 @@ class _Engine(Generic[_Source]):
         self.state = _State()
         self._refreshing = threading.Lock()  # one refresh at a time (the async engine uses its own lock)
         self._seen: tuple[int, int, int] | None = None
+        self._rebuild = False  # the next refresh builds a fresh index (the loaded one is not trusted)
         if self.snapshot_path is not None and self.snapshot_path.exists():
             self._seen = self._signature()
             self._load()
@@ -277,7 +297,14 @@ class _Engine(Generic[_Source]):
         sig = self._signature()
         if sig is not None and sig != self._seen:
             self._seen = sig
-            self._load()
+            try:
+                self._load()
+            except Exception as e:  # the request path never raises: keep the last good index
+                log.warning(
+                    "could not reload the snapshot %s (%s); still answering from the last good one",
+                    self.snapshot_path,
+                    e,
+                )
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -435,10 +462,10 @@ class _Engine(Generic[_Source]):
             batch.drop_allow(info)
             batch.removed.append(str(info.get("name", key)))
         batch.restore_allow(allowlists)
-        # A snapshot from before allowlists ranks no "allow": the startup pull rebuilds into a new index.
-        target = (
-            self.index if self.index.priorities == self._index_priorities else DecisionIndex(self._index_priorities)
-        )
+        # A snapshot from before allowlists (no "allow" rank), or one whose refresh state was lost:
+        # the startup pull rebuilds into a new index, swapped in whole.
+        fresh = self._rebuild or self.index.priorities != self._index_priorities
+        target = DecisionIndex(self._index_priorities) if fresh else self.index
         result = target.apply(
             add=batch.adds,
             remove=batch.removes,
@@ -450,6 +477,7 @@ class _Engine(Generic[_Source]):
         )
         if target is not self.index:
             self.index = target
+        self._rebuild = False
         self.state.startup_done = True
         self.state.last_refresh = now
         self.state.lists = lists
@@ -497,7 +525,18 @@ class _Engine(Generic[_Source]):
                 "ignoring the unreadable snapshot %s (%s): a startup pull will rebuild it", self.snapshot_path, e
             )
             return
-        if index.priorities == self.priorities:
+        try:
+            state = _state_from(doc)
+        except (TypeError, ValueError, AttributeError) as e:
+            # The decisions are fine, the refresh state is not: answer from them (never fail open)
+            # while a startup pull rebuilds a fresh index.
+            log.warning(
+                "snapshot %s has malformed metadata (%s): serving its decisions until a startup pull rebuilds it",
+                self.snapshot_path,
+                e,
+            )
+            state, self._rebuild = _State(), True
+        if index.priorities == self.priorities and index.priorities != self._index_priorities:
             # Written before allowlists existed (no "allow" rank, so no allowlist entry): keep
             # answering from it, and let a startup pull rebuild it in the current layout.
             log.warning(
@@ -514,12 +553,7 @@ class _Engine(Generic[_Source]):
             )
             return
         self.index = index
-        self.state = _State(
-            startup_done=bool(doc.get("startup_done")),
-            last_refresh=float(doc.get("last_refresh", 0.0)),
-            lists=dict(doc.get("lists", {})),
-            allowlists=dict(doc.get("allowlists", {})),
-        )
+        self.state = state
 
     def stats(self) -> dict[str, Any]:
         """Index counts, refresh state and answers by (origin, remediation)."""
