@@ -86,5 +86,22 @@ def test_engine_follows_cscli_decisions(lapi):
 def test_wrong_key_is_an_authentication_error(lapi):
     _, url, _ = lapi
     with LapiClient(url, "not-a-key", retries=0) as client:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError, match="LAPI answered 403"):
             client.get_stream_decisions(startup=True)
+
+
+def test_cli_reads_the_lapi_key_from_a_private_file(lapi, tmp_path, capsys):
+    from capi_fast.cli import main
+
+    config, url, key = lapi
+    run(config, "decisions", "add", "-i", "192.0.2.44", "-d", "1h")
+    keyfile = tmp_path / "lapi.key"
+    keyfile.write_text(key + "\n")
+    keyfile.chmod(0o644)
+    home = ["--home", str(tmp_path / "home"), "--lapi-url", url, "--api-key-file", str(keyfile)]
+    assert main([*home, "refresh"]) == 2
+    assert "readable by other users" in capsys.readouterr().err, "a key others can read is refused"
+    keyfile.chmod(0o600)
+    assert main([*home, "refresh"]) == 0
+    assert main([*home, "check", "192.0.2.44"]) == 0
+    assert capsys.readouterr().out.strip().endswith("192.0.2.44 ban")

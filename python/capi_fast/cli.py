@@ -2,7 +2,8 @@
 
 Configuration comes from options or the environment: ``CAPI_FAST_HOME`` (storage directory,
 default ``~/.capi-fast``), ``CAPI_FAST_URL`` (CAPI base URL, production by default),
-``CAPI_FAST_LAPI_URL`` and ``CAPI_FAST_LAPI_KEY`` (take decisions from a LAPI instead).
+``CAPI_FAST_LAPI_URL`` with ``CAPI_FAST_LAPI_KEY_FILE`` or ``CAPI_FAST_LAPI_KEY`` (take decisions
+from a LAPI instead; a key on the command line shows in ``ps``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=os.environ.get("CAPI_FAST_HOME", str(Path.home() / ".capi-fast")))
     p.add_argument("--url", default=os.environ.get("CAPI_FAST_URL", PROD_URL), help="CAPI base URL")
     p.add_argument("--lapi-url", default=os.environ.get("CAPI_FAST_LAPI_URL"), help="take decisions from this LAPI")
-    p.add_argument("--api-key", default=os.environ.get("CAPI_FAST_LAPI_KEY"), help="LAPI bouncer key")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("CAPI_FAST_LAPI_KEY"),
+        help="LAPI bouncer key (visible in ps: prefer CAPI_FAST_LAPI_KEY or --api-key-file)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        default=os.environ.get("CAPI_FAST_LAPI_KEY_FILE"),
+        help="file holding the LAPI bouncer key (mode 0600), or CAPI_FAST_LAPI_KEY_FILE",
+    )
     p.add_argument("--user-agent", default="capi-fast-cli/1")
     p.add_argument("--scenario", action="append", default=[], help="scenario this machine detects (repeatable)")
     p.add_argument("--prefix", default=None, help="machine_id prefix (remembered by register)")
@@ -106,13 +116,30 @@ def _client(a: argparse.Namespace) -> CapiClient:
     )
 
 
+def _api_key(a: argparse.Namespace) -> str:
+    """The LAPI key: from --api-key-file (refused if others can read it), else --api-key / the environment."""
+    if not a.api_key_file:
+        return str(a.api_key or "")
+    path = Path(a.api_key_file)
+    try:
+        if path.stat().st_mode & 0o077:
+            raise StorageError(f"{path} is readable by other users; run chmod 600 {path}")
+        return path.read_text().strip()
+    except OSError as e:
+        raise StorageError(f"cannot read the LAPI key file {path}: {e.strerror}") from None
+
+
 def _snapshot(a: argparse.Namespace) -> Path:
     return Path(a.home) / "decisions.snap"
 
 
 def _engine(a: argparse.Namespace) -> RemediationEngine:
     source: CapiClient | LapiClient
-    source = LapiClient(a.lapi_url, a.api_key or "") if a.lapi_url else _client(a)
+    if a.lapi_url:
+        FileStorage(a.home)  # creates the home directory (0700) where the snapshot goes
+        source = LapiClient(a.lapi_url, _api_key(a))
+    else:
+        source = _client(a)
     return RemediationEngine(source, snapshot_path=_snapshot(a))
 
 

@@ -150,6 +150,8 @@ class _BaseClient:
 
     #: CAPI clients need a scenario list (crowdsec pulls nothing without one); LAPI clients do not.
     _needs_scenarios = True
+    #: The service named in errors.
+    _service = "CAPI"
 
     def __init__(
         self,
@@ -367,10 +369,10 @@ class _BaseClient:
             failure: CapiError = e.error
             delay = self._delay(attempt, e.retry_after)
         elif isinstance(e, httpx.TimeoutException):
-            failure = ServerError(f"{what}: CAPI did not answer within {self.timeout} s")
+            failure = ServerError(f"{what}: {self._service} did not answer within {self.timeout} s")
             delay = self._delay(attempt, None)
         else:
-            failure = ServerError(f"{what}: cannot reach CAPI ({type(e).__name__})")
+            failure = ServerError(f"{what}: cannot reach {self._service} ({type(e).__name__})")
             delay = self._delay(attempt, None)
         if attempt == self.retries:
             raise failure from None
@@ -381,16 +383,16 @@ class _BaseClient:
         """The parsed JSON (or with ``raw`` the bytes) of a successful answer; raises or asks for a retry otherwise."""
         if r.status_code == 429:
             retry_after = _retry_after(r.headers.get("Retry-After"), self.clock())
-            err = RateLimitError(f"{what}: CAPI answered 429 Too Many Requests", 429, retry_after)
+            err = RateLimitError(f"{what}: {self._service} answered 429 Too Many Requests", 429, retry_after)
             if retry_after is not None and retry_after > self.max_retry_after:
                 raise err
             raise _Retry(err, retry_after)
         if r.status_code >= 500:
-            raise _Retry(ServerError(f"{what}: CAPI answered {r.status_code}", r.status_code))
+            raise _Retry(ServerError(f"{what}: {self._service} answered {r.status_code}", r.status_code))
         if r.status_code in (401, 403):
-            raise AuthenticationError(f"{what}: CAPI answered {r.status_code}: {_message(r)}", r.status_code)
+            raise AuthenticationError(f"{what}: {self._service} answered {r.status_code}: {_message(r)}", r.status_code)
         if r.status_code >= 400:
-            raise CapiError(f"{what}: CAPI answered {r.status_code}: {_message(r)}", r.status_code)
+            raise CapiError(f"{what}: {self._service} answered {r.status_code}: {_message(r)}", r.status_code)
         if raw:
             return r.content
         if not r.content:
@@ -398,7 +400,7 @@ class _BaseClient:
         try:
             return orjson.loads(r.content)
         except orjson.JSONDecodeError:
-            raise _Retry(ServerError(f"{what}: CAPI's answer is not valid JSON", r.status_code)) from None
+            raise _Retry(ServerError(f"{what}: {self._service}'s answer is not valid JSON", r.status_code)) from None
 
     @staticmethod
     def _signal_payloads(signals: Iterable[Signal]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ class _LapiRules(_BaseClient):
     """What both LAPI clients share: the key check, the request, the answer checks."""
 
     _needs_scenarios = False
+    _service = "LAPI"
 
     def __init__(
         self,
