@@ -1,4 +1,4 @@
-"""The contract of ../shared/design.md, checked on the native index and on the reference."""
+"""The decision-index contract (CrowdSec's semantics), checked on the native index and on the reference."""
 
 from __future__ import annotations
 

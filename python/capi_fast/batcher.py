@@ -1,6 +1,6 @@
 """The signal batcher: ``add`` is O(1) and never waits for the network; a sender delivers.
 
-The vendor's rule (../shared/reference/sdk-guide.txt): buffer signals and send the buffer every
+The vendor's rule (the CrowdSec CAPI SDK guide): buffer signals and send the buffer every
 10 s to 10 min depending on how big it gets, never more than 250 in one call. Here the wait
 before the next send shrinks linearly with the queue, from ``max_interval`` (600 s) for one
 signal to ``min_interval`` (10 s) for a full call of 250; successive sends are never closer than

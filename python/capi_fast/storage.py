@@ -1,6 +1,6 @@
 """Where the machine's CAPI identity lives: credentials and token.
 
-The vendor's rules (../shared/reference/sdk-guide.txt): the (machine_id, password) pair never
+The vendor's rules (the CrowdSec CAPI SDK guide): the (machine_id, password) pair never
 changes once CAPI accepted it, is unique per endpoint, and changing the machine_id prefix means
 new credentials. ``FileStorage`` keeps them across restarts: files written atomically with mode
 0600 in a 0700 directory, and an exclusive lock (``flock``) so processes sharing the directory
