@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ from capi_fast.errors import (
 )
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, parse_allowlist, parse_blocklist
 from capi_fast.metrics import METRICS_INTERVAL, Activity, capi_metrics, metrics_problem
-from capi_fast.signals import Signal, scenario_problem
+from capi_fast.signals import Signal, parse_rfc3339, scenario_problem
 from capi_fast.storage import Credentials, MemoryStorage, Storage, Token, generate_credentials
 
 if TYPE_CHECKING:
@@ -74,12 +73,6 @@ log = logging.getLogger("capi_fast.client")
 PROD_URL = "https://api.crowdsec.net/"
 DEV_URL = "https://api.dev.crowdsec.net/"
 MAX_SIGNALS_PER_CALL = 250
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def _parse_expire(text: str) -> float:
-    """RFC 3339 (Go may write nanoseconds) to Unix seconds."""
-    return datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00"))).timestamp()
 
 
 def _jwt_exp(token: str) -> float | None:
@@ -272,7 +265,7 @@ class _BaseClient:
         expires = [e for e in (_jwt_exp(body["token"]),) if e is not None]
         if isinstance(body.get("expire"), str):
             try:
-                expires.append(_parse_expire(body["expire"]))
+                expires.append(parse_rfc3339(body["expire"]).timestamp())
             except ValueError:
                 pass
         if not expires:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from capi_fast.signals import parse_rfc3339
 from capi_fast.stream import parse_go_duration
 
 __all__ = [
@@ -191,21 +191,11 @@ def parse_blocklist(text: str, scope: str = "range") -> tuple[list[str], int]:
 
 
 def _expiry(value: Any) -> float | None:
-    """Unix time of an RFC 3339 ``expiration`` (Go writes nanoseconds); raises ValueError."""
+    """Unix time of an RFC 3339 ``expiration``, None for Go's zero time; raises ValueError."""
     if not isinstance(value, str):
         raise ValueError("expiration")
-    text = value.replace("Z", "+00:00").replace("z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:  # keep microseconds: fromisoformat takes at most six fraction digits
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        rest = rest[: min(digits, 6)] + rest[digits:]
-        text = f"{head}.{rest}"
-    t = datetime.fromisoformat(text)
-    if t.tzinfo is None:  # crowdsec's date parser reads a time without a zone as UTC
-        t = t.replace(tzinfo=UTC)
-    if t.year <= 1:  # Go's zero time: no expiration
-        return None
-    return t.timestamp()
+    t = parse_rfc3339(value)
+    return None if t.year <= 1 else t.timestamp()  # Go's zero time: no expiration
 
 
 def parse_allowlist(lines: Iterable[bytes | str]) -> tuple[list[tuple[str, float | None]], int]:

@@ -28,6 +28,7 @@ __all__ = [
     "Signal",
     "SignalDecision",
     "format_duration",
+    "parse_rfc3339",
     "rfc3339",
     "scenario_problem",
 ]
@@ -86,6 +87,19 @@ def rfc3339(t: datetime | float | None = None) -> str:
         dt = datetime.fromtimestamp(float(t), UTC)
     # isoformat is C code and several times quicker than strftime; in UTC it ends in "+00:00".
     return dt.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 time as an aware datetime; raises ValueError.
+
+    Go writes nanoseconds: the fraction is cut to microseconds. A time (or date) without a zone
+    is UTC, as crowdsec's date parser reads it.
+    """
+    t = datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00").replace("z", "+00:00")))
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def format_duration(seconds: float) -> str:
