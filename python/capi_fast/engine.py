@@ -138,28 +138,24 @@ class _ListBatch:
         self.allow_names_dropped: set[str] = set()
         self.allow_written: set[str] = set()
 
-    def drop_values(self, name: str, values: Sequence[str], remediation: str | None) -> None:
-        """Removes a list that left the links."""
-        self.removes.extend((v, f"lists:{name}", remediation) for v in values)
+    def drop_blocklist(self, name: str, info: dict[str, Any]) -> None:
+        """Removes a blocklist that left the links."""
+        self.removes.extend((v, f"lists:{name}", info.get("remediation")) for v in info.get("values", []))
         self.removed.append(name)
 
     def blocklist(
         self, link: BlocklistLink, got: Blocklist, state: dict[str, dict[str, Any]], remediation: str
     ) -> None:
-        prev = state.get(link.name)
+        prev = state.get(link.name) or {}
         origin = f"lists:{link.name}"
-        renewed = not got.modified and prev is not None
-        if renewed:
-            values = list(prev.get("values", [])) if prev is not None else []  # still published: renewed below
-        else:
-            values = got.values
+        renewed = not got.modified and bool(prev)  # a 304: still published, re-added with a fresh duration
+        values = list(prev.get("values", [])) if renewed else got.values
+        if not renewed:
             self.skipped += got.skipped
-        if prev is not None:
-            old = prev.get("remediation")
-            if got.modified or old != remediation:
-                self.removes.extend((v, origin, old) for v in prev.get("values", []))
+        if prev and (got.modified or prev.get("remediation") != remediation):
+            self.removes.extend((v, origin, prev.get("remediation")) for v in prev.get("values", []))
         self.adds.extend((v, remediation, link.duration, origin) for v in values)
-        last_modified = prev.get("last_modified") if renewed and prev is not None else got.last_modified
+        last_modified = prev.get("last_modified") if renewed else got.last_modified
         state[link.name] = {"last_modified": last_modified, "remediation": remediation, "values": values}
         (self.renewed if renewed else self.updated).append(link.name)
 
@@ -455,8 +451,7 @@ class _Engine(Generic[_Source]):
         seen_blocklists = {p.name for p in plans if isinstance(p.link, BlocklistLink)}
         seen_allowlists = {_allow_key(p.link) for p in plans if isinstance(p.link, AllowlistLink)}
         for name in [n for n in lists if n not in seen_blocklists]:
-            info = lists.pop(name)
-            batch.drop_values(name, info.get("values", []), info.get("remediation"))
+            batch.drop_blocklist(name, lists.pop(name))
         for key in [k for k in allowlists if k not in seen_allowlists]:
             info = allowlists.pop(key)
             batch.drop_allow(info)
