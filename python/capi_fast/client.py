@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from capi_fast.batcher import AsyncSignalBatcher, SignalBatcher
 
 __all__ = [
+    "ATTACHMENT_KEY_RE",
     "DEV_URL",
     "MAX_SIGNALS_PER_CALL",
     "PROD_URL",
@@ -99,7 +100,8 @@ _TOKEN_REFUSED = (401, 403)
 #: Failures of a list download that are neither transport errors (retried) nor statuses: a
 #: redirect loop, a body that does not decode. They fail that list only, never the refresh.
 _UNUSABLE_ANSWER = (httpx.TooManyRedirects, httpx.DecodingError)
-_ATTACHMENT_KEY = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
+#: CAPI's pattern for an enroll attachment key (the swagger's ``EnrollRequest``).
+ATTACHMENT_KEY_RE = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
 _VERSION_SUFFIX = re.compile(r"^(.*/)(v[23])/?$")
 
 
@@ -414,7 +416,7 @@ class _BaseClient:
 
     @staticmethod
     def _enroll_body(attachment_key: str, name: str | None, overwrite: bool, tags: Sequence[str]) -> dict[str, Any]:
-        if not isinstance(attachment_key, str) or not _ATTACHMENT_KEY.fullmatch(attachment_key):
+        if not isinstance(attachment_key, str) or not ATTACHMENT_KEY_RE.fullmatch(attachment_key):
             raise ConfigurationError(
                 "attachment_key must be the letters and digits the CrowdSec console shows (Enroll command)"
             )

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from capi_fast.client import ATTACHMENT_KEY_RE
 from capi_fast.metrics import metrics_problem
 from capi_fast.signals import format_duration, rfc3339
 from capi_fast.testing import jwt
@@ -45,7 +46,6 @@ ROUTE = re.compile(
 )
 LIST_DOWNLOAD = re.compile(r"^/(blocklists|allowlists)/([A-Za-z0-9_-]+)/download$")
 MACHINE_ID = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
-ATTACHMENT_KEY = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -467,7 +467,7 @@ class CapiSimulator:
             body = {**body, "attachment_key": "autoenroll"}  # crowdsec's auto-enroll omits the key
         if not isinstance(body.get("attachment_key"), str):
             return 400, {"message": "Invalid request body: attachment_key is required"}
-        if not ATTACHMENT_KEY.fullmatch(body["attachment_key"]):
+        if not ATTACHMENT_KEY_RE.fullmatch(body["attachment_key"]):
             return 400, {"message": "Invalid request body: attachment_key must be letters and digits"}
         if "name" in body and not isinstance(body["name"], str):
             return 400, {"message": "Invalid request body: name must be a string"}
