@@ -40,6 +40,7 @@ class BatcherStats:
     sent: int
     failed_attempts: int
     dropped: int
+    quarantined: int  # damaged stretches of the spool moved aside (see capi_fast.spool)
     last_success: float | None
     last_error: str | None
     next_send_in: float
@@ -132,12 +133,13 @@ class _Base:
             )
 
     def stats(self) -> BatcherStats:
-        """Queued, sent, failed attempts, dropped, last success, last error, next send."""
+        """Queued, sent, failed attempts, dropped, quarantined, last success, last error, next send."""
         return BatcherStats(
             queued=len(self.spool),
             sent=self.sent,
             failed_attempts=self.failed_attempts,
             dropped=self.spool.dropped,
+            quarantined=self.spool.quarantined,
             last_success=self.last_success,
             last_error=self.last_error,
             next_send_in=self.schedule.wait(len(self.spool)),

@@ -1,13 +1,17 @@
 """The durable signal spool: signals wait here, on disk, until CAPI accepted them.
 
-An append-only log of segment files in one directory. ``add`` writes one CRC-checked record
-with a single ``write()`` before it returns: the signal is then in the kernel's page cache and
-survives a crash or ``kill -9`` of the process; ``durability="full"`` also fsyncs each record
-so it survives a power cut (at a large cost in throughput). Delivery is first-in first-out, so
-what CAPI accepted is one position in the log, kept in ``ack.json`` (replaced atomically after
-each accepted batch) with the few records dropped out of order. On open the log is replayed
-from that position; a torn last record (a crash mid-write) is cut off. Fully consumed segments
-are deleted. One process at a time owns a spool directory (an exclusive ``flock``).
+An append-only log of segment files in one directory. ``add`` writes one framed, CRC-checked
+record (``capi_fast.spool_format``) with a single ``write()`` before it returns: the signal is
+then in the kernel's page cache and survives a crash or ``kill -9`` of the process;
+``durability="full"`` also fsyncs each record so it survives a power cut (at a large cost in
+throughput). A write that fails or comes up short (a full disk, a file size limit) raises
+``StorageError`` and is cut back off the file, so nothing half-written stays behind and the
+spool goes on once space is back. Delivery is first-in first-out, so what CAPI accepted is one
+position in the log, kept in ``ack.json`` (replaced atomically after each accepted batch) with
+the few records dropped out of order. On open the log is replayed from that position: a damaged
+stretch is copied to ``quarantine/`` and read past (every intact record after it is kept); a
+torn last record (a crash mid-write) is quarantined and cut off. Fully consumed segments are
+deleted. One process at a time owns a spool directory (an exclusive ``flock``).
 
 The spool is bounded: past ``max_signals`` the oldest whispers go first, then the oldest
 decisions; every drop is counted and logged once. Drops are made durable with the next
@@ -23,9 +27,7 @@ import fcntl
 import json
 import logging
 import os
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,13 @@ from typing import Any
 import orjson
 
 from capi_fast.errors import StorageError
+from capi_fast.spool_format import MAX_RECORD, Damage, encode, record_at, scan
 
 __all__ = ["Spool"]
 
 log = logging.getLogger("capi_fast.spool")
 
-_HEADER = struct.Struct("<IIB")  # payload length, crc32 of flag+payload, flag (1 = whisper)
 SEGMENT_BYTES = 8 << 20
-_MAX_RECORD = 1 << 20
 
 
 def _segment_name(n: int) -> str:
@@ -65,6 +66,7 @@ class Spool:
         self.max_signals = max_signals
         self.fsync = durability == "full"
         self.dropped = 0
+        self.quarantined = 0  # damaged stretches moved to quarantine/
         self._warned = False
         self._lock = threading.Lock()
         # seq -> (whisper, payload bytes or None when on disk, segment, offset, uuid)
@@ -132,29 +134,58 @@ class Spool:
         assert self.path is not None
         file = self.path / _segment_name(seg)
         data = file.read_bytes()
-        off = self._acked[1] if seg == self._acked[0] else 0
-        while off + _HEADER.size <= len(data):
-            length, crc, flag = _HEADER.unpack_from(data, off)
-            body = data[off + _HEADER.size : off + _HEADER.size + length]
-            if length > _MAX_RECORD or len(body) < length or zlib.crc32(bytes([flag]) + body) != crc:
-                break
-            if (seg, off) not in self._skipped:
-                uuid = ""
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    uuid = str(orjson.loads(body)["uuid"])
-                self._remember(bool(flag), None, seg, off, uuid or f"{seg}:{off}")
-            off += _HEADER.size + length
-        if off < len(data):
-            log.warning("signal spool %s: cutting a torn or corrupt tail of %d bytes", file, len(data) - off)
-            with open(file, "r+b") as f:
-                f.truncate(off)
+        start = self._acked[1] if seg == self._acked[0] else 0
+        for item in scan(data, start):
+            if isinstance(item, Damage):
+                self._quarantine(seg, item.offset, data[item.offset : item.end])
+                if item.end == len(data):  # a torn tail: cut it so new records follow intact ones
+                    with open(file, "r+b") as f:
+                        f.truncate(item.offset)
+                continue
+            if (seg, item.offset) in self._skipped:
+                continue
+            uuid = ""
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                uuid = str(orjson.loads(item.payload)["uuid"])
+            uuid = uuid or f"{seg}:{item.offset}"
+            if uuid in self._uuids:  # a record written twice (a copy): it is delivered once
+                self._skipped.add((seg, item.offset))
+                continue
+            self._remember(item.whisper, None, seg, item.offset, uuid)
+
+    def _quarantine(self, seg: int, offset: int, damaged: bytes) -> None:
+        """Keeps bytes that hold no intact record in ``quarantine/`` (once), and counts them."""
+        assert self.path is not None
+        where = self.path / "quarantine" / f"{_segment_name(seg)}.{offset}.bad"
+        if where.exists() and where.stat().st_size == len(damaged):
+            return  # found on an earlier open: already kept and reported
+        self.quarantined += 1
+        log.warning(
+            "signal spool %s: %d damaged bytes at offset %d of %s moved to %s; the intact records around them are kept",
+            self.path,
+            len(damaged),
+            offset,
+            _segment_name(seg),
+            where,
+        )
+        try:
+            where.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, damaged)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("signal spool %s: cannot keep the damaged bytes in %s: %s", self.path, where, e)
 
     def _open_segment(self, seg: int) -> None:
+        """Appends to segment ``seg`` from now on; the previous one stays open if this fails."""
         assert self.path is not None
+        fd = os.open(self.path / _segment_name(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = os.open(self.path / _segment_name(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._segment, self._size = seg, os.fstat(self._fd).st_size
+        self._fd = fd
+        self._segment, self._size = seg, os.fstat(fd).st_size
 
     def _remember(self, whisper: bool, blob: bytes | None, seg: int, off: int, uuid: str) -> None:
         self._seq += 1
@@ -169,31 +200,54 @@ class Spool:
         return len(self._pending)
 
     def add(self, uuid: str, whisper: bool, payload: dict[str, Any]) -> bool:
-        """Stores one signal durably; returns False if its uuid was already waiting."""
+        """Stores one signal durably; returns False if its uuid was already waiting.
+
+        Raises:
+            StorageError: the record could not be written whole (disk full, file size limit, I/O
+                error); nothing of it stays on disk and the spool keeps working.
+        """
         body = orjson.dumps(payload)
-        if len(body) > _MAX_RECORD:
+        if len(body) > MAX_RECORD:
             raise StorageError(f"a signal of {len(body)} bytes is too large for the spool")
         with self._lock:
             if uuid in self._uuids:
                 return False
+            if self._fd is None:
+                if len(self._pending) >= self.max_signals:
+                    self._make_room()
+                self._remember(whisper, body, 0, 0, uuid)
+                return True
+            seg, off = self._segment, self._size
+            self._append(encode(whisper, body))
             if len(self._pending) >= self.max_signals:
                 self._make_room()
-            seg, off = self._segment, self._size
-            if self._fd is not None:
-                record = _HEADER.pack(len(body), zlib.crc32(bytes([whisper]) + body), int(whisper)) + body
+            self._remember(whisper, None, seg, off, uuid)
+            if self._size >= SEGMENT_BYTES:
                 try:
-                    os.write(self._fd, record)
-                    if self.fsync:
-                        os.fsync(self._fd)
-                except OSError as e:
-                    raise StorageError(f"cannot write the signal spool: {e}") from None
-                self._size += len(record)
-                if self._size >= SEGMENT_BYTES:
                     self._open_segment(self._segment + 1)
-                self._remember(whisper, None, seg, off, uuid)
-            else:
-                self._remember(whisper, body, 0, 0, uuid)
+                except OSError as e:  # the record is safe; the next add retries the rotation
+                    log.warning("signal spool %s: cannot start a new segment: %s", self.path, e)
             return True
+
+    def _append(self, record: bytes) -> None:
+        """Writes one record whole, or raises StorageError with the file cut back to where it was."""
+        assert self._fd is not None
+        off = self._size
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):
+                raise OSError(f"short write: {written} of {len(record)} bytes (disk full or file size limit?)")
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, off)
+            except OSError:
+                # The torn bytes stay; the next open quarantines them. Later records go after them.
+                with contextlib.suppress(OSError):
+                    self._size = os.fstat(self._fd).st_size
+            raise StorageError(f"cannot write the signal spool {self.path}: {e}") from None
+        self._size = off + len(record)
 
     def _make_room(self) -> None:
         victim = next(iter(self._whispers)) if self._whispers else next(iter(self._pending))
@@ -217,22 +271,45 @@ class Spool:
             self._skipped.add((entry[2], entry[3]))
 
     def oldest(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        """Up to ``limit`` waiting signals, oldest first, as (seq, payload)."""
+        """Up to ``limit`` waiting signals, oldest first, as (seq, payload).
+
+        A record found damaged since it was written is quarantined and skipped (counted in
+        ``quarantined``). Raises StorageError when the spool's files cannot be read at all.
+        """
         with self._lock:
             items = list(self._pending.items())[:limit]
         out = []
         for seq, (_, blob, seg, off, _uuid) in items:
+            payload = None
             if blob is None:
                 blob = self._read(seg, off)
-            out.append((seq, orjson.loads(blob)))
+            if blob is not None:
+                with contextlib.suppress(ValueError):
+                    payload = orjson.loads(blob)
+                if not isinstance(payload, dict):  # checksum intact, content not a signal
+                    self._quarantine(seg, off, blob)
+            if isinstance(payload, dict):
+                out.append((seq, payload))
+                continue
+            with self._lock:
+                self._consume(seq)
         return out
 
-    def _read(self, seg: int, off: int) -> bytes:
+    def _read(self, seg: int, off: int) -> bytes | None:
+        """The payload of the record at (seg, off), or None (quarantined) when it no longer checks."""
         assert self.path is not None
-        with open(self.path / _segment_name(seg), "rb") as f:
-            f.seek(off)
-            length, _, _ = _HEADER.unpack(f.read(_HEADER.size))
-            return f.read(length)
+        try:
+            with open(self.path / _segment_name(seg), "rb") as f:
+                f.seek(off)
+                data = f.read(MAX_RECORD + 64)
+        except OSError as e:
+            raise StorageError(f"cannot read the signal spool {self.path}: {e}") from None
+        record = record_at(data, 0)
+        if record is not None:
+            return record.payload
+        damage = next(scan(data), Damage(0, 0))  # the stretch up to the next intact record
+        self._quarantine(seg, off, data[damage.offset : damage.end])
+        return None
 
     def ack(self, seqs: list[int]) -> None:
         """Forgets signals CAPI accepted, durably."""
@@ -254,22 +331,29 @@ class Spool:
         self._acked = (seg, off)
         self._skipped = {(s, o) for s, o in self._skipped if (s, o) >= self._acked}
         tmp = self.path / "ack.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"segment": seg, "offset": off, "skipped": sorted(self._skipped)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / "ack.json")
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"segment": seg, "offset": off, "skipped": sorted(self._skipped)}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / "ack.json")
+        except OSError as e:  # the previous ack.json stands: at worst accepted signals are resent
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot save the signal spool's position in {self.path}: {e}") from None
         for p in self.path.glob("*.log"):
             if p.stem.isdigit() and int(p.stem) < seg:
                 p.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Persists drops and releases the directory."""
+        """Persists drops and releases the directory (released even when persisting fails)."""
         with self._lock:
-            if self._fd is not None:
-                self._persist_ack()
-                os.close(self._fd)
-                self._fd = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            try:
+                if self._fd is not None:
+                    self._persist_ack()
+            finally:
+                for fd in (self._fd, self._lock_fd):
+                    if fd is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                self._fd = self._lock_fd = None
