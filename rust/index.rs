@@ -187,6 +187,24 @@ impl Index {
         self.tag_of(o, r)
     }
 
+    /// The tags of `pairs`, interned on first use. A pair the index cannot take (a name too
+    /// long or empty, one remediation or pair too many) is an error when `strict`, else `None`:
+    /// its decisions are skipped and the rest of the batch applies.
+    pub fn tags<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        strict: bool,
+    ) -> Result<Vec<Option<u16>>> {
+        pairs
+            .into_iter()
+            .map(|(o, r)| match self.tag(o, r) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if strict => Err(e),
+                Err(_) => Ok(None),
+            })
+            .collect()
+    }
+
     fn tag_of(&mut self, o: u32, r: u8) -> Result<u16> {
         if let Some(&t) = self.tag_ids.get(&(o, r)) {
             return Ok(t);

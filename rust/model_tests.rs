@@ -524,3 +524,20 @@ fn stream_adds_keep_the_later_expiry() {
         assert_eq!(ix.purge(h4 + 10_000, usize::MAX), (0, true), "{s}: stale expiry hints are harmless");
     }
 }
+
+#[test]
+fn pairs_the_index_cannot_hold_are_skipped_unless_strict() {
+    let mut ix = Index::new(&["ban".to_owned(), "captcha".to_owned()]).expect("priorities");
+    let long = "o".repeat(300);
+    let origins: Vec<String> = (0..70_000).map(|i| format!("o{i}")).collect();
+    let mut pairs: Vec<(&str, &str)> = vec![("CAPI", "ban"), (long.as_str(), "ban"), ("CAPI", "")];
+    pairs.extend(origins.iter().map(|o| (o.as_str(), "ban")));
+    let tags = ix.tags(pairs.iter().copied(), false).expect("lenient");
+    assert!(tags[0].is_some(), "a pair it can hold gets its tag");
+    assert_eq!(tags[1], None, "a 300-character origin is skipped");
+    assert_eq!(tags[2], None, "an empty remediation is skipped");
+    let held = tags.iter().filter(|t| t.is_some()).count();
+    assert!(held > 65_000 && held <= usize::from(crate::slot::MAX_TAG) + 1, "pairs up to the limit are held, no more");
+    assert!(ix.tags([("one-more", "ban")], true).is_err(), "strict: the first pair past the limit is an error");
+    assert_eq!(ix.tags([("CAPI", "ban")], true).expect("known"), vec![tags[0]], "a known pair still resolves");
+}

@@ -201,6 +201,7 @@ impl PyDecisionIndex {
     }
 
     /// Parses adds and removes, then applies them as one batch (removes first).
+    #[allow(clippy::too_many_arguments)]
     fn run_batch(
         &self,
         py: Python<'_>,
@@ -208,6 +209,7 @@ impl PyDecisionIndex {
         pairs: Pairs,
         removes: Vec<RemoveItem>,
         now: u64,
+        strict: bool,
         mut result: BatchResult,
     ) -> PyResult<BatchResult> {
         let size = adds.len() + removes.len();
@@ -219,11 +221,16 @@ impl PyDecisionIndex {
                         ops.push(Op::Remove(r.net, f));
                     }
                 }
-                let tags = pairs.list.iter().map(|(o, r)| ix.tag(o, r)).collect::<Result<Vec<u16>, Error>>()?;
+                let tags = ix.tags(pairs.list.iter().map(|(o, r)| (o.as_str(), r.as_str())), strict)?;
                 let mut v4_hosts = 0;
+                let mut untagged = 0;
                 for a in &adds {
+                    let Some(tag) = tags[a.pair as usize] else {
+                        untagged += 1; // an origin or remediation the index cannot hold: skipped
+                        continue;
+                    };
                     // None: an expired stream add, which changes nothing and counts as nothing.
-                    if let Some(op) = ix.add_op(a.net, tags[a.pair as usize], a.exp, now, a.rule) {
+                    if let Some(op) = ix.add_op(a.net, tag, a.exp, now, a.rule) {
                         v4_hosts +=
                             usize::from(matches!(op, Op::Add(Net::V4(_, 32), ..) | Op::Extend(Net::V4(_, 32), ..)));
                         ops.push(op);
@@ -242,6 +249,7 @@ impl PyDecisionIndex {
                 result.refreshed = adds_applied - added;
                 result.removed = removed;
                 result.normalized = normalized;
+                result.skipped += untagged;
                 Ok(result)
             })
         });
@@ -359,7 +367,7 @@ impl PyDecisionIndex {
         let ttl = opt_f64(ttl)?;
         let mut pairs = Pairs::default();
         let item = self.parse_add(value, remediation, ttl, origin, now, &mut pairs)?.map_err(|e| to_py(py, e))?;
-        let r = self.run_batch(py, vec![item], pairs, vec![], ms(now), BatchResult::default())?;
+        let r = self.run_batch(py, vec![item], pairs, vec![], ms(now), true, BatchResult::default())?;
         Ok(r.added == 1)
     }
 
@@ -451,7 +459,7 @@ impl PyDecisionIndex {
                 }
             }
         }
-        self.run_batch(py, adds, pairs, removes, ms(now), result)
+        self.run_batch(py, adds, pairs, removes, ms(now), strict, result)
     }
 
     /// Removes the decisions on exactly `value`, optionally only one origin or remediation.
@@ -465,7 +473,7 @@ impl PyDecisionIndex {
     ) -> PyResult<usize> {
         let (net, _) = addr_text(&text(value, "value")?).and_then(parse_net).map_err(|e| to_py(py, e))?;
         let removes = vec![RemoveItem { net, origin, remediation }];
-        let r = self.run_batch(py, vec![], Pairs::default(), removes, 0, BatchResult::default())?;
+        let r = self.run_batch(py, vec![], Pairs::default(), removes, 0, true, BatchResult::default())?;
         Ok(r.removed)
     }
 

@@ -44,8 +44,8 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
                 parsed = await asyncio.to_thread(parse_stream, body)
             except CapiError as e:
                 return self._failed(startup, e)
-            plans, bad_links = self._list_plans(parsed)
-            fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans))
+            plans, bad_links = self._list_plans(parsed) or (None, 0)
+            fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans or ()))
             return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
 
     def _async_lock(self) -> asyncio.Lock:
@@ -56,10 +56,10 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
         return lock
 
     @staticmethod
-    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | Allowlist | CapiError:
+    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | Allowlist | Exception:
         try:
             if isinstance(plan.link, AllowlistLink):
                 return await source.fetch_allowlist(plan.link, if_modified_since=plan.since)
             return await source.fetch_blocklist(plan.link, if_modified_since=plan.since)
-        except CapiError as e:
+        except Exception as e:  # any failure of one list keeps its previous content
             return e

@@ -188,6 +188,8 @@ def _run(a: argparse.Namespace) -> int:
         if r.performed and r.error:
             human += f" (warnings: {r.error})"
         _print(a, human, data)
+        if not r.snapshot_saved:  # the commands that follow read the snapshot: this refresh did not land
+            return 1
         return 0 if r.performed or r.error == "too soon" else 1
     elif a.command == "check":
         e = _offline(a)

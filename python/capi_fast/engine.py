@@ -29,9 +29,18 @@ import orjson
 
 from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
 from capi_fast.client import CapiClient
-from capi_fast.errors import CapiError, ConfigurationError, SnapshotError, StorageError
+from capi_fast.errors import CapiError, ConfigurationError, SnapshotError
 from capi_fast.lapi import AsyncLapiClient, LapiClient
-from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, allowlist_links, blocklist_links
+from capi_fast.lists import (
+    MAX_LINKS,
+    MAX_NAME,
+    Allowlist,
+    AllowlistLink,
+    Blocklist,
+    BlocklistLink,
+    allowlist_links,
+    blocklist_links,
+)
 
 __all__ = ["ALLOW", "BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
 # The async twin, AsyncRemediationEngine, lives in capi_fast.async_engine.
@@ -62,6 +71,9 @@ class RefreshReport:
         duration: seconds the refresh took.
         next_refresh_at: Unix time before which a refresh is refused without ``force``.
         error: why it failed (the previous decisions are still served), or None.
+        snapshot_saved: False when the decisions were applied in memory but the snapshot could
+            not be written (disk full, permissions): followers and a restarted process would miss
+            them; the next refresh writes it again.
     """
 
     performed: bool
@@ -75,6 +87,7 @@ class RefreshReport:
     duration: float = 0.0
     next_refresh_at: float = 0.0
     error: str | None = None
+    snapshot_saved: bool = True
 
 
 @dataclass(frozen=True)
@@ -396,16 +409,21 @@ class _Engine(Generic[_Source]):
         log.warning("refresh failed, still serving the previous decisions: %s", e)
         return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
 
-    def _list_plans(self, parsed: ParsedStream) -> tuple[list[_ListPlan], int]:
-        """The lists to download, from the stream answer's links, and how many links were unusable."""
+    def _list_plans(self, parsed: ParsedStream) -> tuple[list[_ListPlan], int] | None:
+        """The lists to download from the stream answer's links, and how many links were unusable.
+
+        None when the links member cannot be read at all: the lists then stay as they are (an
+        unreadable answer is no reason to drop every subscribed list).
+        """
         if not parsed.links:
             return [], 0
         try:
             links = orjson.loads(parsed.links)
-        except orjson.JSONDecodeError:
-            return [], 1
-        blocklists, bad_blocklists = blocklist_links(links)
-        allowlists, bad_allowlists = allowlist_links(links)
+            blocklists, bad_blocklists = blocklist_links(links)
+            allowlists, bad_allowlists = allowlist_links(links)
+        except Exception as e:
+            log.warning("the stream answer's links cannot be read (%s): the lists stay as they are", e)
+            return None
         plans = []
         for link in blocklists:
             prev = self.state.lists.get(link.name)
@@ -415,22 +433,82 @@ class _Engine(Generic[_Source]):
             plans.append(_ListPlan(allow, prev.get("last_modified") if prev else None))
         skipped = bad_blocklists + bad_allowlists
         if skipped:
-            log.warning("%d list links skipped: a link needs a name, an http(s) url, a scope and a duration", skipped)
+            log.warning(
+                "%d list links skipped: a link needs a printable name of at most %d characters, given once, "
+                "an http(s) url, a scope and a duration (and at most %d links of a kind are taken)",
+                skipped,
+                MAX_NAME,
+                MAX_LINKS,
+            )
         return plans, skipped
 
     def _commit(
         self,
         parsed: ParsedStream,
-        plans: list[_ListPlan],
-        fetched: Sequence[Blocklist | Allowlist | CapiError],
+        plans: list[_ListPlan] | None,
+        fetched: Sequence[Blocklist | Allowlist | Exception],
         startup: bool,
         started: float,
         skipped_links: int = 0,
     ) -> RefreshReport:
-        """Applies the stream and the downloaded lists as one batch, then saves the snapshot.
+        """Applies the stream answer and the downloaded lists, saves the snapshot; never raises.
 
-        The stream answer is applied even if a list failed: CAPI has moved this machine's
-        stream position, so dropping the delta would lose it. A failed list keeps its content.
+        CAPI (or the LAPI) has moved this machine's stream position once its answer arrived, so
+        from here nothing may lose that delta: a failed list keeps its previous content; if the
+        lists cannot be applied at all the stream answer is applied alone; if even that fails,
+        the next refresh is a startup pull, which sends every active decision again. A snapshot
+        that cannot be written is reported and written by the next refresh.
+        """
+        if plans is None:
+            return self._apply_stream_alone(parsed, startup, started, "list links unreadable: lists unchanged")
+        try:
+            return self._apply_all(parsed, plans, fetched, startup, started, skipped_links)
+        except Exception as e:  # the lists' part failed: the stream answer must still land
+            log.exception("applying the lists failed; applying the stream answer alone")
+            return self._apply_stream_alone(parsed, startup, started, f"lists not applied: {type(e).__name__}: {e}")
+
+    def _apply_stream_alone(self, parsed: ParsedStream, startup: bool, started: float, why: str) -> RefreshReport:
+        now = self.clock()
+        try:
+            result = self.index.apply(
+                stream=parsed, fallback=self.fallback, stream_types=self.priorities, strict=False, now=now
+            )
+        except Exception as e:
+            log.exception("applying the stream answer failed; the next refresh pulls every active decision again")
+            self.state.startup_done = False
+            return RefreshReport(
+                performed=False,
+                startup=startup,
+                duration=time.perf_counter() - started,
+                next_refresh_at=self.next_refresh_at,
+                error=f"{why}; stream answer not applied ({type(e).__name__}: {e}): the next refresh is a full pull",
+            )
+        self.state.startup_done = True
+        self.state.last_refresh = now
+        unsaved = self._save()
+        return RefreshReport(
+            performed=True,
+            startup=startup,
+            added=result.added,
+            deleted=result.removed,
+            skipped=result.skipped,
+            duration=time.perf_counter() - started,
+            next_refresh_at=self.next_refresh_at,
+            error="; ".join(e for e in (why, unsaved) if e),
+            snapshot_saved=unsaved is None,
+        )
+
+    def _apply_all(
+        self,
+        parsed: ParsedStream,
+        plans: list[_ListPlan],
+        fetched: Sequence[Blocklist | Allowlist | Exception],
+        startup: bool,
+        started: float,
+        skipped_links: int,
+    ) -> RefreshReport:
+        """The stream and the downloaded lists as one batch, then the snapshot.
+
         A blocklist answered 304 is still published: its values are re-added with a fresh
         duration (crowdsec and the PHP engine download the whole list again before it would
         lapse; a 304 says the same at no cost).
@@ -440,7 +518,7 @@ class _Engine(Generic[_Source]):
         lists = {name: dict(info) for name, info in self.state.lists.items()}
         allowlists = {name: dict(info) for name, info in self.state.allowlists.items()}
         for plan, got in zip(plans, fetched, strict=True):
-            if isinstance(got, CapiError):
+            if isinstance(got, Exception):
                 kind = "allowlist" if isinstance(plan.link, AllowlistLink) else "blocklist"
                 log.warning("%s %s not refreshed (its previous content stays): %s", kind, plan.name, got)
                 batch.errors.append(f"{kind} {plan.name}: {got}")
@@ -477,7 +555,9 @@ class _Engine(Generic[_Source]):
         self.state.last_refresh = now
         self.state.lists = lists
         self.state.allowlists = allowlists
-        self._save()
+        unsaved = self._save()
+        if unsaved:
+            batch.errors.append(unsaved)
         return RefreshReport(
             performed=True,
             startup=startup,
@@ -490,13 +570,15 @@ class _Engine(Generic[_Source]):
             duration=time.perf_counter() - started,
             next_refresh_at=self.next_refresh_at,
             error="; ".join(batch.errors) or None,
+            snapshot_saved=unsaved is None,
         )
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def _save(self) -> None:
+    def _save(self) -> str | None:
+        """Writes the snapshot; what went wrong, or None (the decisions in memory stand either way)."""
         if self.snapshot_path is None:
-            return
+            return None
         meta = orjson.dumps(
             {
                 "startup_done": self.state.startup_done,
@@ -507,8 +589,14 @@ class _Engine(Generic[_Source]):
         )
         try:
             self.index.save(self.snapshot_path, metadata=meta)
-        except OSError as e:
-            raise StorageError(f"cannot write the decision snapshot {self.snapshot_path}: {e}") from None
+        except (OSError, SnapshotError) as e:
+            log.error(
+                "cannot write the decision snapshot %s (%s): serving from memory, the next refresh tries again",
+                self.snapshot_path,
+                e,
+            )
+            return f"snapshot not saved: {e}"
+        return None
 
     def _load(self) -> None:
         assert self.snapshot_path is not None
@@ -595,15 +683,15 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
                 parsed = parse_stream(source.get_stream_raw(startup=startup))
             except CapiError as e:
                 return self._failed(startup, e)
-            plans, bad_links = self._list_plans(parsed)
-            fetched = [self._fetch(source, p) for p in plans]
+            plans, bad_links = self._list_plans(parsed) or (None, 0)
+            fetched = [self._fetch(source, p) for p in plans or ()]
             return self._commit(parsed, plans, fetched, startup, started, bad_links)
 
     @staticmethod
-    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | Allowlist | CapiError:
+    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | Allowlist | Exception:
         try:
             if isinstance(plan.link, AllowlistLink):
                 return source.fetch_allowlist(plan.link, if_modified_since=plan.since)
             return source.fetch_blocklist(plan.link, if_modified_since=plan.since)
-        except CapiError as e:
+        except Exception as e:  # any failure of one list keeps its previous content
             return e

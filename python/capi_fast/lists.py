@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,7 +33,11 @@ __all__ = [
 
 #: Longest list name used (the index's origin ``lists:<name>`` must stay short).
 MAX_NAME = 128
+#: Most links of each kind taken from one answer (CAPI serves a handful; the rest are skipped and
+#: counted, so a hostile answer cannot make a refresh download without end).
+MAX_LINKS = 1000
 _SCOPES = ("ip", "range")
+_L = TypeVar("_L")
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,19 @@ def _url(value: Any) -> str | None:
 
 
 def _items(links: Any, key: str) -> list[Any]:
-    items = links.get(key) if isinstance(links, dict) else None
-    return items if isinstance(items, list) else []
+    """The links of one kind; ValueError when the member is there but not a list of them."""
+    if not isinstance(links, dict):
+        raise ValueError("links is not an object")
+    items = links.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ValueError(f"links.{key} is not a list")
+    return items
+
+
+def _capped(out: list[_L], skipped: int) -> tuple[list[_L], int]:
+    return out[:MAX_LINKS], skipped + max(0, len(out) - MAX_LINKS)
 
 
 def blocklist_links(links: Any) -> tuple[list[BlocklistLink], int]:
@@ -129,8 +144,11 @@ def blocklist_links(links: Any) -> tuple[list[BlocklistLink], int]:
 
     A link needs a name, an http(s) url, a remediation, a scope (``ip`` or ``range``) and a Go
     duration; crowdsec skips a link without a scope or a duration, and so does this.
+    A second link with a name already given is skipped (a list's state is kept by name); past
+    ``MAX_LINKS`` links the rest are skipped. ValueError when ``links`` is not a links object.
     """
     out: list[BlocklistLink] = []
+    names: set[str] = set()
     skipped = 0
     for item in _items(links, "blocklists"):
         try:
@@ -143,15 +161,21 @@ def blocklist_links(links: Any) -> tuple[list[BlocklistLink], int]:
             if not isinstance(scope, str) or scope.lower() not in _SCOPES:
                 raise ValueError("scope")
             duration = parse_go_duration(item.get("duration"))  # type: ignore[arg-type]
+            if name in names:
+                raise ValueError("a second link of the same name")
         except ValueError:
             skipped += 1
             continue
+        names.add(name)
         out.append(BlocklistLink(name, url, remediation, scope.lower(), duration))
-    return out, skipped
+    return _capped(out, skipped)
 
 
 def allowlist_links(links: Any) -> tuple[list[AllowlistLink], int]:
-    """The usable allowlist links of a stream answer's ``links`` member, and how many were skipped."""
+    """The usable allowlist links of a stream answer's ``links`` member, and how many were skipped.
+
+    Past ``MAX_LINKS`` links the rest are skipped.
+    """
     out: list[AllowlistLink] = []
     skipped = 0
     for item in _items(links, "allowlists"):
@@ -162,7 +186,7 @@ def allowlist_links(links: Any) -> tuple[list[AllowlistLink], int]:
             continue
         lid = item.get("id")
         out.append(AllowlistLink(name, url, lid if isinstance(lid, str) else ""))
-    return out, skipped
+    return _capped(out, skipped)
 
 
 def _full_length(value: str) -> bool:
