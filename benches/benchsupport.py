@@ -140,6 +140,15 @@ def goals(w: Any) -> None:
         rows.append((f"durable SignalBatcher.add = {rate:,.0f} signals/s", rate >= 50_000, ">= 50,000/s"))
     if "capi_fast p99" in lat:
         rows.append((f"p99 add latency = {lat['capi_fast p99']:.0f} us", lat["capi_fast p99"] < 1000, "< 1 ms"))
+    for work in ("engine refresh", "add_many"):
+        waits = EXTRA.get(f"lookup wait during {work} ({N:,})", {})
+        if "max us" in waits:
+            rows.append(
+                (f"worst lookup wait during {work} = {waits['max us'] / 1e3:.2f} ms", waits["max us"] < 5000, "< 5 ms")
+            )
+            rows.append(
+                (f"p99.9 lookup wait during {work} = {waits['p99.9 us']:.0f} us", waits["p99.9 us"] < 100, "< 100 us")
+            )
     full = N >= 1_000_000
     w.write_line("[goals]" if full else f"[goals, indicative only: N={N:,}; the goals are set for 1M (make bench)]")
     for text, ok, goal in rows:

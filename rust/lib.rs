@@ -38,6 +38,7 @@ pub mod index;
 pub mod parse;
 pub mod py;
 pub mod py_answers;
+pub mod py_breathe;
 pub mod py_stream;
 pub mod shared;
 pub mod slot;

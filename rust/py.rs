@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::export;
 use crate::index::{AddRule, Index, Op};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
+use crate::py_breathe::{list_of, Breather};
 use crate::py_stream::ParsedStream;
 use crate::shared::Shared;
 use crate::slot::NEVER;
@@ -13,7 +14,7 @@ use hashbrown::HashMap;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -224,6 +225,7 @@ impl PyDecisionIndex {
                 let tags = ix.tags(pairs.list.iter().map(|(o, r)| (o.as_str(), r.as_str())), strict)?;
                 let mut v4_hosts = 0;
                 let mut untagged = 0;
+                let mut normalized = 0;
                 for a in &adds {
                     let Some(tag) = tags[a.pair as usize] else {
                         untagged += 1; // an origin or remediation the index cannot hold: skipped
@@ -231,6 +233,7 @@ impl PyDecisionIndex {
                     };
                     // None: an expired stream add, which changes nothing and counts as nothing.
                     if let Some(op) = ix.add_op(a.net, tag, a.exp, now, a.rule) {
+                        normalized += usize::from(a.normalized);
                         v4_hosts +=
                             usize::from(matches!(op, Op::Add(Net::V4(_, 32), ..) | Op::Extend(Net::V4(_, 32), ..)));
                         ops.push(op);
@@ -241,7 +244,6 @@ impl PyDecisionIndex {
                 }
                 let before = ix.len();
                 let (added, removed) = ix.apply(&ops);
-                let normalized = adds.iter().filter(|a| a.normalized).count();
                 ix.note_normalized(normalized as u64);
                 let adds_applied = ops.iter().filter(|o| matches!(o, Op::Add(..) | Op::Extend(..))).count();
                 debug_assert_eq!(ix.len(), before + added - removed);
@@ -415,23 +417,31 @@ impl PyDecisionIndex {
         let mut pairs = Pairs::default();
         let mut removes = Vec::new();
         if let Some(s) = &stream {
-            self.stream_items(&s.ops, fallback, stream_types.as_deref(), now, &mut adds, &mut pairs, &mut removes)?;
+            // Plain Rust data: converted without the GIL (a million items take tens of ms).
+            let ops = &s.ops;
+            py.detach(|| {
+                self.stream_items(ops, fallback, stream_types.as_deref(), now, &mut adds, &mut pairs, &mut removes)
+            })?;
             result.skipped += s.ops.skipped;
         }
         if let Some(items) = add {
             if let Ok(n) = items.len() {
                 adds.reserve(n);
             }
+            let mut breather = Breather::default();
             for item in items.try_iter()? {
                 match self.parse_add(&item?, remediation, ttl, origin, now, &mut pairs)? {
                     Ok(a) => adds.push(a),
                     Err(e) if strict => return Err(to_py(py, e)),
                     Err(_) => result.skipped += 1,
                 }
+                breather.tick(py);
             }
         }
         if let Some(items) = remove {
+            let mut breather = Breather::default();
             for item in items.try_iter()? {
+                breather.tick(py);
                 let item = item?;
                 let (value, o, r): (Bound<'_, PyString>, Option<String>, Option<String>) =
                     if let Ok(s) = item.cast::<PyString>() {
@@ -511,17 +521,18 @@ impl PyDecisionIndex {
         if let Ok(n) = ips.len() {
             addrs.reserve(n);
         }
+        let mut breather = Breather::default();
         for ip in ips.try_iter()? {
             let ip = ip?;
             addrs.push(addr_text(&text(&ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?);
+            breather.tick(py);
         }
         let ix = self.inner.snapshot();
         let codes: Vec<u8> = py.detach(|| ix.codes(&addrs, now));
         let names: Vec<Option<Py<PyString>>> =
             (0..=ix.remediations().len()).map(|c| (c > 0).then(|| self.name(py, (c - 1) as u8))).collect();
-        let out: Vec<Option<Py<PyString>>> =
-            codes.iter().map(|&c| names[c as usize].as_ref().map(|n| n.clone_ref(py))).collect();
-        Ok(out.into_pyobject(py)?.into_any())
+        let out = list_of(py, codes.iter().map(|&c| names[c as usize].as_ref().map(|n| n.clone_ref(py))))?;
+        Ok(out.into_any())
     }
 
     /// Removes every decision expired at `now`; returns how many.
@@ -609,7 +620,13 @@ impl PyDecisionIndex {
 
     /// The fewest CIDRs covering exactly the addresses whose answer is `remediation` at `now`.
     #[pyo3(signature = (remediation = "ban", family = 4, now = None))]
-    fn export_cidrs(&self, py: Python<'_>, remediation: &str, family: u8, now: Option<f64>) -> PyResult<Vec<String>> {
+    fn export_cidrs<'py>(
+        &self,
+        py: Python<'py>,
+        remediation: &str,
+        family: u8,
+        now: Option<f64>,
+    ) -> PyResult<Bound<'py, PyList>> {
         if family != 4 && family != 6 {
             return Err(PyValueError::new_err(format!("family must be 4 or 6, got {family}")));
         }
@@ -617,9 +634,9 @@ impl PyDecisionIndex {
         let ix = self.inner.snapshot();
         let want = match ix.remediations().iter().position(|r| r == remediation) {
             Some(id) => ix.rank_of(id as u8),
-            None => return Ok(Vec::new()),
+            None => return Ok(PyList::empty(py)),
         };
-        let cidrs = py.detach(|| {
+        let cidrs: Vec<String> = py.detach(|| {
             let bits = if family == 4 { 32 } else { 128 };
             let mut blocks = Vec::new();
             for (a, b) in export::runs(ix.active_prefixes(family, now), bits, want) {
@@ -630,7 +647,7 @@ impl PyDecisionIndex {
                 .map(|(s, l)| format_net(if family == 4 { Net::V4(s as u32, l) } else { Net::V6(s, l) }))
                 .collect()
         });
-        Ok(cidrs)
+        list_of(py, cidrs)
     }
 }
 

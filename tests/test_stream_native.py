@@ -83,7 +83,7 @@ def _stream_adds(batch: Any, held: dict[tuple[str, str, str], float]) -> list[tu
         if ttl > 0:
             longest[k] = max(longest.get(k, 0.0), ttl, live.get(k, 0.0))
     return [
-        (v, _mapped(t), longest[(_key(v) or v, o, _mapped(t))], o)
+        (v, _mapped(t), longest.get((_key(v) or v, o, _mapped(t)), ttl), o)
         for v, t, ttl, o in batch.add
         if ttl > 0 or _key(v) is None  # a bad value is skipped and counted either way
     ]
