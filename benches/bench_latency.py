@@ -10,12 +10,18 @@ thread looks addresses up in a tight loop and records the time between two conse
 - the same native steps alone on a body already in memory (parse_stream, apply, save);
 - ``add_many`` of N Python strings (the one step that must read Python objects with the GIL).
 
-The "idle" row is the same reader with nothing else running: the floor of this machine. The
-figures are wall-clock, on a shared machine: reported, never asserted.
+Each is run three times and the waits of the three runs pooled. The "idle" row is the same
+reader with nothing else running: the floor of this machine (a shared VM's scheduler). The
+benchmark's own million Python objects are frozen out of the garbage collector first, so its
+pauses are not counted against the library. While the refresh runs the HTTP client's Python
+code, any other thread waits up to the interpreter's switch interval (5 ms) for its turn: that
+is CPython's scheduling, the same for every Python library; the native steps hold the GIL at
+most about 1 ms at a time. The figures are wall-clock: reported, never asserted.
 """
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
@@ -25,7 +31,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from benchsupport import EXTRA, N
@@ -45,20 +50,16 @@ def sim_url() -> Iterator[str]:
     port = _free_port()
     child = subprocess.Popen(
         [sys.executable, "-m", "capi_fast.cli", "simulate", "--port", str(port), "--decisions", str(N)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(1200):
-            try:
-                httpx.get(url, timeout=1.0)
-                break
-            except httpx.TransportError:
-                if child.poll() is not None:
-                    raise RuntimeError("the simulator did not start") from None
-                time.sleep(0.1)
-        yield url
+        assert child.stdout is not None
+        ready = child.stdout.readline()  # printed once the decisions are loaded
+        if "CAPI simulator at" not in ready:
+            raise RuntimeError(f"the simulator did not start: {ready!r}")
+        yield f"http://127.0.0.1:{port}/"
     finally:
         child.terminate()
         child.wait(timeout=30)
@@ -72,10 +73,31 @@ def _client(url: str) -> CapiClient:
     return c
 
 
-def waits_during(work: Callable[[], Any], lookup: Callable[[str], Any]) -> dict[str, float]:
-    """Runs ``work`` while a reader thread loops on ``lookup``; its waits between answers, in us."""
-    ips = [f"198.51.{i // 256}.{i % 256}" for i in range(4096)]
+ROUNDS = 3
+
+
+def waits_during(work: Callable[[], Any], lookup: Callable[[str], Any], rounds: int = ROUNDS) -> dict[str, float]:
+    """Runs ``work`` ``rounds`` times while a reader thread loops on ``lookup``: the waits, in us."""
     gaps: list[int] = []
+    took = 0.0
+    for _ in range(rounds):
+        took += _waits_once(work, lookup, gaps)
+    gaps.sort()
+
+    def q(p: float) -> float:
+        return gaps[min(len(gaps) - 1, int(p * len(gaps)))] / 1e3
+
+    return {
+        "p99 us": q(0.99),
+        "p99.9 us": q(0.999),
+        "p99.99 us": q(0.9999),
+        "max us": gaps[-1] / 1e3,
+        "work s": took / rounds,
+    }
+
+
+def _waits_once(work: Callable[[], Any], lookup: Callable[[str], Any], gaps: list[int]) -> float:
+    ips = [f"198.51.{i // 256}.{i % 256}" for i in range(4096)]
     stop = threading.Event()
     running = threading.Event()
 
@@ -98,15 +120,19 @@ def waits_during(work: Callable[[], Any], lookup: Callable[[str], Any]) -> dict[
     took = time.perf_counter() - started
     stop.set()
     t.join()
-    gaps.sort()
-
-    def q(p: float) -> float:
-        return gaps[min(len(gaps) - 1, int(p * len(gaps)))] / 1e3
-
-    return {"p99 us": q(0.99), "p99.9 us": q(0.999), "max us": gaps[-1] / 1e3, "work s": took}
+    return took
 
 
 def test_lookup_waits_during_a_refresh_and_add_many(sim_url, tmp_path: Path, workload) -> None:
+    gc.collect()
+    gc.freeze()  # the harness's million tuples are not the library's garbage-collector pauses
+    try:
+        _measure(sim_url, tmp_path, workload)
+    finally:
+        gc.unfreeze()
+
+
+def _measure(sim_url: str, tmp_path: Path, workload: list[tuple[str, str, float, str]]) -> None:
     client = _client(sim_url)
     body = client.get_stream_raw(startup=True)  # also warms the simulator's cached answer
     rows: dict[str, dict[str, float]] = {}
@@ -114,10 +140,17 @@ def test_lookup_waits_during_a_refresh_and_add_many(sim_url, tmp_path: Path, wor
     idle = DecisionIndex()
     rows["idle (floor)"] = waits_during(lambda: time.sleep(0.3), idle.lookup)
 
-    engine = RemediationEngine(client, snapshot_path=tmp_path / "a.snap")
-    report: list[Any] = []
-    rows["engine refresh"] = waits_during(lambda: report.append(engine.refresh_decisions()), engine.get_ip_remediation)
-    assert report[0].performed and report[0].added > 0
+    engines = iter(RemediationEngine(client, snapshot_path=tmp_path / f"{i}.snap") for i in range(ROUNDS))
+    engine = next(engines)
+    reports: list[Any] = []
+
+    def refresh() -> None:  # each round a startup refresh into a new engine
+        nonlocal engine
+        reports.append(engine.refresh_decisions())
+        engine = next(engines, engine)
+
+    rows["engine refresh"] = waits_during(refresh, lambda ip: engine.get_ip_remediation(ip))
+    assert all(r.performed and r.added > 0 for r in reports)
 
     index = DecisionIndex(["allow", "ban", "captcha"])
 
@@ -131,7 +164,8 @@ def test_lookup_waits_during_a_refresh_and_add_many(sim_url, tmp_path: Path, wor
 
     values = [v for v, *_ in workload]
     fresh = DecisionIndex()
-    rows["add_many"] = waits_during(lambda: fresh.add_many(values, ttl=3600), fresh.lookup)
+    fresh.add_many(values[:1000], ttl=3600)
+    rows["add_many"] = waits_during(lambda: DecisionIndex().add_many(values, ttl=3600), fresh.lookup)
     assert len(fresh) > 0
 
     for name, figures in rows.items():

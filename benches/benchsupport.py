@@ -140,7 +140,7 @@ def goals(w: Any) -> None:
         rows.append((f"durable SignalBatcher.add = {rate:,.0f} signals/s", rate >= 50_000, ">= 50,000/s"))
     if "capi_fast p99" in lat:
         rows.append((f"p99 add latency = {lat['capi_fast p99']:.0f} us", lat["capi_fast p99"] < 1000, "< 1 ms"))
-    for work in ("engine refresh", "add_many"):
+    for work in ("engine refresh", "parse+apply+save", "add_many"):
         waits = EXTRA.get(f"lookup wait during {work} ({N:,})", {})
         if "max us" in waits:
             rows.append(
