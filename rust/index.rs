@@ -295,6 +295,22 @@ impl Index {
         (added, removed)
     }
 
+    /// True when stale expiry hints should be rebuilt (see [`Index::compact`]).
+    pub fn wants_compaction(&self) -> bool {
+        self.v4.wants_compaction() || self.v6.wants_compaction()
+    }
+
+    /// Rebuilds what churn left behind (the expiry hints of removed decisions), so memory
+    /// follows what is held, not how much has changed.
+    pub fn compact(&mut self) {
+        if self.v4.wants_compaction() {
+            self.v4.compact();
+        }
+        if self.v6.wants_compaction() {
+            self.v6.compact();
+        }
+    }
+
     /// The remediation id active for `addr` at `now`, if any.
     #[inline]
     pub fn lookup(&self, addr: Addr, now: u64) -> Option<u8> {

@@ -5,7 +5,9 @@
 //! for at most [`SMALL_BATCH`] operations. A larger one is applied to a copy while readers go
 //! on with the current version, then the copy is swapped in: readers see the whole batch or
 //! none of it, and wait only for a pointer swap. Purging is split into bounded steps, which is
-//! safe because expired decisions are invisible to lookups already.
+//! safe because expired decisions are invisible to lookups already. When churn has left enough
+//! behind to be worth compacting (see [`Index::compact`]), the next batch takes the copy path
+//! and compacts the copy: the work is never done under the lock readers need.
 
 use crate::index::Index;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -45,13 +47,18 @@ impl Shared {
         let _serial = self.writer.lock();
         if size <= SMALL_BATCH {
             let mut guard = self.current.write();
-            if let Some(ix) = Arc::get_mut(&mut guard) {
-                return f(ix);
+            if !guard.wants_compaction() {
+                if let Some(ix) = Arc::get_mut(&mut guard) {
+                    return f(ix);
+                }
             }
-            // A long reader holds this version: fall through and copy.
+            // A long reader holds this version, or it is due a compaction: copy.
         }
         let mut copy = Index::clone(&self.current.read());
         let r = f(&mut copy);
+        if copy.wants_compaction() {
+            copy.compact();
+        }
         let old = std::mem::replace(&mut *self.current.write(), Arc::new(copy));
         drop(old); // freed outside the lock
         r

@@ -10,20 +10,27 @@ use std::collections::BTreeSet;
 
 /// Expiry buckets are 2^16 ms (about 65 s) wide.
 pub const SHIFT: u32 = 16;
+/// Stale hints tolerated beyond one per held decision before the hints are rebuilt.
+const STALE_SLACK: usize = 4096;
 
 /// Hints of which keys hold decisions expiring in each time bucket. A hint may be stale (the
 /// decision was refreshed or removed since); purging re-checks the key, so stale hints cost a
 /// lookup and nothing else. Buckets sit in a hash map (one probe per note, the hot path of bulk
 /// loads) with their keys also in an ordered set (touched only when a bucket appears or goes).
+/// A removed decision leaves its hint behind until its bucket comes due; under steady churn
+/// those would pile up for a whole decision lifetime, so the table rebuilds its hints from the
+/// decisions it holds once they outnumber them twice over (see [`Table::wants_compaction`]).
 #[derive(Debug, Clone)]
 struct Expiry<T> {
     buckets: HashMap<u64, Vec<T>>,
     order: BTreeSet<u64>,
+    /// Hints held, stale ones included.
+    hints: usize,
 }
 
 impl<T> Default for Expiry<T> {
     fn default() -> Self {
-        Expiry { buckets: HashMap::new(), order: BTreeSet::new() }
+        Expiry { buckets: HashMap::new(), order: BTreeSet::new(), hints: 0 }
     }
 }
 
@@ -40,21 +47,34 @@ impl<T: Copy> Expiry<T> {
                 Vec::new()
             })
             .push(key);
+        self.hints += 1;
     }
 
     fn pop_first(&mut self) -> Option<(u64, Vec<T>)> {
         let b = self.order.pop_first()?;
-        Some((b, self.buckets.remove(&b).unwrap_or_default()))
+        let hints = self.buckets.remove(&b).unwrap_or_default();
+        self.hints -= hints.len();
+        Some((b, hints))
     }
 
     fn insert(&mut self, b: u64, hints: Vec<T>) {
         self.order.insert(b);
-        self.buckets.insert(b, hints);
+        self.hints += hints.len();
+        if let Some(old) = self.buckets.insert(b, hints) {
+            self.hints -= old.len();
+        }
     }
 
     fn remove(&mut self, b: u64) -> Option<Vec<T>> {
         self.order.remove(&b);
-        self.buckets.remove(&b)
+        let hints = self.buckets.remove(&b)?;
+        self.hints -= hints.len();
+        Some(hints)
+    }
+
+    /// True when the hints outnumber `held` decisions twice over (with some slack).
+    fn bloated(&self, held: usize) -> bool {
+        self.hints > 2 * held + STALE_SLACK
     }
 
     fn heap_bytes(&self) -> usize {
@@ -360,6 +380,32 @@ impl<K: Bits> Table<K> {
             }
         }
         (removed, true)
+    }
+
+    /// True when removed or re-timed decisions left so many stale expiry hints that
+    /// [`Table::compact`] should rebuild them (at most once per as many changes as decisions held).
+    pub fn wants_compaction(&self) -> bool {
+        self.host_exp.bloated(self.hosts.len()) || self.range_exp.bloated(self.ranges)
+    }
+
+    /// Rebuilds the expiry hints from the decisions held: one per key and expiry bucket.
+    pub fn compact(&mut self) {
+        let (mut hosts, mut ranges) = (Expiry::default(), Expiry::default());
+        self.for_each(|k, len, slot| {
+            let mut last = None;
+            slot.for_each(&self.sets, |d| {
+                if last != Some(d.exp >> SHIFT) {
+                    last = Some(d.exp >> SHIFT);
+                    if len == K::BITS {
+                        hosts.note(None, d.exp, k);
+                    } else {
+                        ranges.note(None, d.exp, (k, len));
+                    }
+                }
+            });
+        });
+        self.host_exp = hosts;
+        self.range_exp = ranges;
     }
 
     /// Calls `f(key, len, slot)` on every prefix holding decisions, hosts first.
