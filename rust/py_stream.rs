@@ -10,6 +10,15 @@ pub struct ParsedStream {
     pub(crate) ops: StreamOps,
 }
 
+impl Drop for ParsedStream {
+    /// Python frees this object holding the GIL: a million operations are freed on a thread.
+    fn drop(&mut self) {
+        let ops = std::mem::take(&mut self.ops);
+        let items = ops.adds.len() + ops.removes.len();
+        crate::py_breathe::free_off_gil(ops, items);
+    }
+}
+
 #[pymethods]
 impl ParsedStream {
     /// Decisions to add.

@@ -66,3 +66,53 @@ def test_parallel_writers_lose_nothing():
     for t in threads:
         t.join()
     assert len(idx) == 4 * 20 * 100
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_soon():
+    """Arms a 20 ms timer whose handler raises Interrupted; returns the disarm function."""
+    import signal
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+    def disarm():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    return disarm
+
+
+@pytest.mark.parametrize("call", ["add_many", "remove"])
+def test_long_native_loops_let_the_interpreter_in(call):
+    """A loop over a million Python objects runs the interpreter's checks as it goes.
+
+    The same check that hands the GIL to a waiting thread after the switch interval runs
+    pending signal handlers: a handler raising mid-loop proves the loop does not hold the
+    interpreter off until it is done (a request thread would otherwise wait for all of it).
+    An interrupted batch is not applied.
+    """
+    values = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1_000_000)]
+    index = DecisionIndex()
+    if call == "remove":
+        index.add_many(values[:1000], now=NOW)
+    disarm = lambda: None  # noqa: E731
+    try:
+        with pytest.raises(Interrupted):
+            disarm = _interrupt_soon()  # a million items take far longer than 20 ms
+            if call == "add_many":
+                index.add_many(values, now=NOW)
+            else:
+                index.apply(remove=values)
+            # Reached only when the loop held the interpreter off to its end: the handler
+            # then runs here, after the fact, and the whole batch is applied.
+            assert len(index) == 0, "the batch was applied before the signal could be handled"
+    finally:
+        disarm()
+    assert len(index) == (0 if call == "add_many" else 1000), "an interrupted batch applies nothing"

@@ -123,7 +123,9 @@ class DecisionIndex:
         """Applies removals, then additions, as one atomic batch.
 
         A remove item is a value or ``(value, origin, remediation)`` (None matches any).
-        Lookups see the whole batch or none of it.
+        Lookups see the whole batch or none of it. Other threads keep running while a large
+        batch is read (the GIL is shared as with Python code; the rest runs without it), and
+        an exception from a signal handler (Ctrl-C) aborts the batch, with nothing applied.
 
         ``stream``'s removals and additions come first in the batch; its skipped items are
         counted in the result. Its additions never shorten a decision: one already held (from an
