@@ -88,3 +88,146 @@ def test_simulate_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- the command line never fails open, and never answers with a traceback ------------------------
+
+
+def call(sim, home, *args: str) -> int:
+    return main(["--home", str(home), "--url", sim.url, "--scenario", "mywaf/x", *args])
+
+
+def one_line_error(capsys) -> str:
+    out, err = capsys.readouterr()
+    assert out == "", "nothing on stdout (a script piped to nft must not run)"
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "directory"])
+def test_without_a_usable_snapshot_every_reader_exits_non_zero(capsys, sim, tmp_path, damage):
+    assert cli(capsys, sim, tmp_path, "refresh")[0] == 0
+    snap = tmp_path / "decisions.snap"
+    whole = snap.read_bytes()
+    snap.unlink()
+    if damage == "garbage":
+        snap.write_bytes(b"\x00" * 100)
+    elif damage == "truncated":
+        snap.write_bytes(whole[: len(whole) // 2])
+    elif damage == "directory":
+        snap.mkdir()
+    for args in (["check", "192.0.2.1"], ["export"], ["export", "--format", "nft"], ["export", "--format", "ipset"]):
+        assert call(sim, tmp_path, *args) == 2, args
+        assert "refresh" in one_line_error(capsys), "the line says what to do"
+    code, out = cli(capsys, sim, tmp_path, "status")
+    assert code == 1 and "snapshot_error: " in out and "snapshot_error: None" not in out
+
+
+def test_export_never_empties_a_set_unless_asked(capsys, tmp_path):
+    with CapiSimulator() as sim:
+        sim.add_decisions(["192.0.2.1", "198.51.100.0/24"])  # IPv4 only
+        assert cli(capsys, sim, tmp_path, "refresh")[0] == 0
+        code = call(sim, tmp_path, "export", "--format", "nft")
+        out, err = capsys.readouterr()
+        assert code == 0 and "flush set inet capi_fast capi_fast_ban_v4" in out
+        assert "flush set inet capi_fast capi_fast_ban_v6" not in out, "the empty IPv6 set is left as it is"
+        assert "IPv6" in err
+        code, out = cli(capsys, sim, tmp_path, "export", "--format", "ipset", "--family", "4")
+        assert code == 0 and "_v6" not in out, "a family not asked for is not touched"
+        for fmt in ("nft", "ipset", "plain"):
+            code = call(sim, tmp_path, "export", "--format", fmt, "--family", "6")
+            assert code == 2 and "--allow-empty" in one_line_error(capsys)
+        code, out = cli(capsys, sim, tmp_path, "export", "--format", "nft", "--family", "6", "--allow-empty")
+        assert code == 0 and "flush set inet capi_fast capi_fast_ban_v6" in out, "asked for explicitly"
+        code = call(sim, tmp_path, "export", "--remediation", "bann")
+        assert code == 2 and "it holds ban, captcha" in one_line_error(capsys)
+
+
+def test_render_leaves_an_empty_family_alone():
+    script = render("nft", "s", ["192.0.2.0/24"], [])
+    assert "flush set inet capi_fast s_v4" in script and "flush set inet capi_fast s_v6" not in script
+    assert "s_v6" not in render("ipset", "s", ["192.0.2.0/24"], None)
+    assert "flush s_v6" in render("ipset", "s", [], [], allow_empty=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--retries", "-5", "refresh"],
+        ["--retries", "many", "refresh"],
+        ["export", "--set-name", "1bad"],
+        ["export", "--set-name", "x" * 40],
+        ["export", "--remediation", ""],
+        ["export", "--family", "5"],
+        ["export", "--format", "iptables"],
+        ["simulate", "--port", "99999"],
+        ["simulate", "--port", "-1"],
+        ["simulate", "--decisions", "-1"],
+        ["demo", "--decisions", "-1"],
+        ["demo", "--decisions", "0"],
+        ["check"],
+    ],
+)
+def test_bad_option_values_are_usage_errors(capsys, tmp_path, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--home", str(tmp_path), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err or "error: the following" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--url", "ftp://x", "--scenario", "a/b", "register"],
+        ["--scenario", "bad scenario", "register"],
+        ["--scenario", "a/b", "--prefix", "x\ny", "register"],
+        ["--scenario", "a/b", "--user-agent", "a\nb", "register"],
+        ["--scenario", "a/b", "enroll", "bad key"],
+        ["--lapi-url", "http://127.0.0.1:9/", "refresh"],
+        ["--lapi-url", "notaurl", "--api-key", "k", "refresh"],
+        ["--lapi-url", "http://127.0.0.1:9/", "--api-key-file", "/nonexistent/key", "refresh"],
+    ],
+)
+def test_bad_settings_are_one_line_errors(capsys, tmp_path, argv):
+    assert main(["--home", str(tmp_path / "home"), *argv]) == 2
+    one_line_error(capsys)
+
+
+def test_a_home_that_cannot_be_written_is_a_storage_error(capsys, tmp_path):
+    home = tmp_path / "a-file"
+    home.write_text("")  # root writes anywhere: a file where the directory should be is refused to all
+    assert main(["--home", str(home), "--url", "http://127.0.0.1:9/", "--scenario", "a/b", "register"]) == 2
+    assert "StorageError" in one_line_error(capsys)
+
+
+def test_a_port_in_use_is_a_one_line_error(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["simulate", "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot serve on 127.0.0.1" in one_line_error(capsys)
+
+
+def test_a_refresh_whose_snapshot_cannot_be_written_exits_1(capsys, sim, tmp_path):
+    (tmp_path / "decisions.snap").mkdir()
+    code, out = cli(capsys, sim, tmp_path, "refresh")
+    assert code == 1 and "snapshot not saved" in out
+
+
+def test_the_library_refuses_negative_retries_and_timeouts():
+    from capi_fast import CapiClient, ConfigurationError, LapiClient
+
+    for bad in ({"retries": -1}, {"retries": 1.5}, {"timeout": 0}, {"backoff": -1}, {"metrics_interval": 0}):
+        with pytest.raises(ConfigurationError):
+            CapiClient(user_agent="x/1", scenarios=["a/b"], **bad)
+    with pytest.raises(ConfigurationError):
+        LapiClient("http://127.0.0.1:9/", api_key="k", retries=-1)
+
+
+def test_a_tiny_demo_runs(capsys):
+    assert main(["demo", "--decisions", "1"]) == 0
+    assert "get_ip_remediation" in capsys.readouterr().out

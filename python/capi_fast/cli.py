@@ -10,22 +10,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from capi_fast.client import PROD_URL, CapiClient
 from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
-from capi_fast.errors import CapiFastError, ConfigurationError, StorageError
-from capi_fast.export import FORMATS, render
+from capi_fast.errors import CapiFastError, ConfigurationError, SnapshotError, StorageError
+from capi_fast.export import FORMATS, check_set_name, render
 from capi_fast.lapi import LapiClient
 from capi_fast.storage import FileStorage
 
 __all__ = ["main"]
+
+
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number within bounds."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {bounds}")
+        return value
+
+    return parse
+
+
+def _set_name(text: str) -> str:
+    try:
+        return check_set_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _remediation(text: str) -> str:
+    if not text or not text.isprintable() or " " in text or len(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a remediation name (e.g. ban, captcha)")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", action="append", default=[], help="scenario this machine detects (repeatable)")
     p.add_argument("--prefix", default=None, help="machine_id prefix (remembered by register)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--retries", type=int, default=4, help="retries of a failed call (with backoff)")
+    p.add_argument("--retries", type=_count(0, 100), default=4, help="retries of a failed call (with backoff)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("register", help="register (once) and log in; print the machine id")
     e = sub.add_parser("enroll", help="attach this machine to a CrowdSec console account")
@@ -61,15 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("ips", nargs="+")
     x = sub.add_parser("export", help="aggregated CIDRs for nft -f, ipset restore, or plain")
     x.add_argument("--format", choices=FORMATS, default="plain")
-    x.add_argument("--remediation", default="ban")
+    x.add_argument("--remediation", type=_remediation, default="ban")
     x.add_argument("--family", choices=["4", "6", "all"], default="all")
-    x.add_argument("--set-name", default="capi_fast_ban")
+    x.add_argument("--set-name", type=_set_name, default="capi_fast_ban")
+    x.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write a script even when a set would end up empty (without it nothing is emptied)",
+    )
     sub.add_parser("status", help="machine, snapshot and refresh state")
     s = sub.add_parser("simulate", help="serve the CAPI simulator until interrupted")
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--decisions", type=int, default=0, help="community decisions to preload")
+    s.add_argument("--port", type=_count(0, 65535), default=0, help="TCP port on 127.0.0.1 (0: any free one)")
+    s.add_argument("--decisions", type=_count(0, 10_000_000), default=0, help="community decisions to preload")
     d = sub.add_parser("demo", help="the whole flow against the bundled simulator, with timings")
-    d.add_argument("--decisions", type=int, default=100_000)
+    d.add_argument("--decisions", type=_count(1, 10_000_000), default=100_000)
     d.add_argument("--seed", type=int, default=7)
     return p
 
@@ -143,9 +179,46 @@ def _engine(a: argparse.Namespace) -> RemediationEngine:
     return RemediationEngine(source, snapshot_path=_snapshot(a))
 
 
-def _offline(a: argparse.Namespace) -> RemediationEngine:
+def _follow(a: argparse.Namespace) -> RemediationEngine:
     """An engine answering from the local snapshot only (no source, no network)."""
-    return RemediationEngine.follow(_snapshot(a))
+    quiet = logging.getLogger("capi_fast.engine")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning would repeat what snapshot_error says
+    try:
+        return RemediationEngine.follow(_snapshot(a))
+    finally:
+        quiet.setLevel(level)
+
+
+def _offline(a: argparse.Namespace) -> RemediationEngine:
+    """``_follow``, refusing to go on without a usable snapshot.
+
+    Answering "bypass" for everything, or exporting nothing, would fail open.
+    """
+    engine = _follow(a)
+    if engine.snapshot_error is not None:
+        raise SnapshotError(f"{engine.snapshot_error}; run `capi-fast refresh` first")
+    return engine
+
+
+def _export(a: argparse.Namespace) -> int:
+    idx = _offline(a).index
+    known = [r for r in idx.priorities if r != "allow"]
+    if a.remediation not in known:
+        raise ConfigurationError(f"no remediation {a.remediation!r} in the snapshot; it holds {', '.join(known)}")
+    v4 = idx.export_cidrs(a.remediation, family=4) if a.family in ("4", "all") else None
+    v6 = idx.export_cidrs(a.remediation, family=6) if a.family in ("6", "all") else None
+    wanted = [(f, c) for f, c in (("IPv4", v4), ("IPv6", v6)) if c is not None]
+    if not a.allow_empty and not any(c for _, c in wanted):
+        raise SnapshotError(
+            f"the snapshot holds no active {a.remediation!r} decision for {' or '.join(f for f, _ in wanted)}: "
+            "nothing written (pass --allow-empty to write a script that empties the sets)"
+        )
+    for family, cidrs in wanted:
+        if not cidrs and not a.allow_empty and a.format != "plain":
+            print(f"capi-fast: no {family} {a.remediation!r} decision: its set is left as it is", file=sys.stderr)
+    sys.stdout.write(render(a.format, a.set_name, v4, v6, allow_empty=a.allow_empty))
+    return 0
 
 
 def _print(a: argparse.Namespace, human: str, data: Any) -> None:
@@ -159,7 +232,12 @@ def _run(a: argparse.Namespace) -> int:
         from capi_fast.demo import synthetic_decisions
         from capi_fast.testing import CapiSimulator
 
-        with CapiSimulator(port=a.port) as sim:
+        sim = CapiSimulator(port=a.port)
+        try:
+            sim.start()
+        except OSError as e:
+            raise ConfigurationError(f"cannot serve on 127.0.0.1:{a.port}: {e.strerror or e}") from None
+        try:
             if a.decisions:
                 sim.add_decisions(v for v, *_ in synthetic_decisions(a.decisions, 7))
             print(f"CAPI simulator at {sim.url}", flush=True)
@@ -167,6 +245,8 @@ def _run(a: argparse.Namespace) -> int:
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
+        finally:
+            sim.stop()
     elif a.command == "register":
         with _client(a) as c:
             c.login()
@@ -192,19 +272,16 @@ def _run(a: argparse.Namespace) -> int:
             return 1
         return 0 if r.performed or r.error == "too soon" else 1
     elif a.command == "check":
-        e = _offline(a)
-        answers = {ip: e.get_ip_remediation(ip) for ip in a.ips}
+        engine = _offline(a)
+        answers = {ip: engine.get_ip_remediation(ip) for ip in a.ips}
         _print(a, "\n".join(f"{ip} {r}" for ip, r in answers.items()), answers)
     elif a.command == "export":
-        idx = _offline(a).index
-        v4 = idx.export_cidrs(a.remediation, family=4) if a.family in ("4", "all") else []
-        v6 = idx.export_cidrs(a.remediation, family=6) if a.family in ("6", "all") else []
-        sys.stdout.write(render(a.format, a.set_name, v4, v6))
+        return _export(a)
     elif a.command == "status":
         storage = FileStorage(a.home)
         creds = storage.load_credentials()
-        e = _offline(a)
-        st = e.stats()
+        follower = _follow(a)
+        st = follower.stats()
         data = {
             "machine_id": creds.machine_id if creds else None,
             "registered": bool(creds and creds.registered),
@@ -212,19 +289,36 @@ def _run(a: argparse.Namespace) -> int:
             "lists": st["lists"],
             "last_refresh": st["last_refresh"],
             "next_refresh_at": st["next_refresh_at"],
+            "snapshot_error": follower.snapshot_error,
         }
         _print(a, "\n".join(f"{k}: {v}" for k, v in data.items()), data)
+        return 0 if follower.snapshot_error is None else 1  # no usable snapshot: nothing is being enforced
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``capi-fast`` command; returns the process exit code."""
+    """Runs the ``capi-fast`` command; returns the process exit code.
+
+    0 on success, 1 when a refresh did not land or the status shows no usable snapshot, 2 for an
+    error (one line on stderr: bad options, no usable snapshot, CAPI or storage failures), 130
+    on Ctrl-C, 70 for a bug (``CAPI_FAST_DEBUG=1`` shows its traceback).
+    """
     a = _parser().parse_args(argv)
     try:
         return _run(a)
     except CapiFastError as e:
         print(f"capi-fast: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"capi-fast: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if os.environ.get("CAPI_FAST_DEBUG"):
+            traceback.print_exc()
+        print(f"capi-fast: internal error: {type(e).__name__}: {e} (CAPI_FAST_DEBUG=1 shows where)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

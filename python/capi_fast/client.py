@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import random
 import re
 import threading
@@ -114,6 +115,14 @@ def _refused(e: CapiError) -> bool:
     return e.status == 500 or (e.status is not None and 400 <= e.status < 500 and e.status != 429)
 
 
+def _check_seconds(name: str, value: object, positive: bool = False) -> None:
+    """ConfigurationError unless ``value`` is a finite number of seconds (> 0 with ``positive``, else >= 0)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
+        bound = "more than 0" if positive else "0 or more"
+        raise ConfigurationError(f"{name} must be a number of seconds, {bound}, got {value!r}")
+
+
 def _split_version(url: str) -> tuple[str, str | None]:
     """``https://api.crowdsec.net/v3/`` -> (``https://api.crowdsec.net/``, ``v3``).
 
@@ -185,6 +194,18 @@ class _BaseClient:
                 raise ConfigurationError(problem)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be a whole number, 0 or more, got {retries!r}")
+        _check_seconds("timeout", timeout, positive=True)
+        for name, value in (
+            ("backoff", backoff),
+            ("max_backoff", max_backoff),
+            ("max_retry_after", max_retry_after),
+            ("renew_before", renew_before),
+        ):
+            _check_seconds(name, value)
+        if metrics_interval is not None:
+            _check_seconds("metrics_interval", metrics_interval, positive=True)
         base_url, url_version = _split_version(base_url)
         if api_version is None:
             api_version = url_version or "v3"

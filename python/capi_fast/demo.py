@@ -66,6 +66,10 @@ def run_demo(decisions: int, seed: int, out: TextIO) -> None:
         blocklist = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2000)]
         sim.add_blocklist("firehol-level1", blocklist, remediation="captcha", duration=86400)
         banned = [v for v, r, _, _ in items if r == "ban" and "/" not in v and ":" not in v]
+        if len(banned) < 2:  # a tiny run: two documentation addresses to show the answers on
+            extra = ["203.0.113.10", "203.0.113.11"][len(banned) :]
+            sim.add_decisions(extra, duration=86400)
+            banned += extra
         sim.add_allowlist("office", banned[:1], expiration=time.time() + 86400)  # the console's allowlist
         out.write(
             f"simulator at {sim.url}: {len(items)} community decisions, 1 blocklist, 1 allowlist "

@@ -260,9 +260,15 @@ class _Engine(Generic[_Source]):
         self._refreshing = threading.Lock()  # one refresh at a time (the async engine uses its own lock)
         self._seen: tuple[int, int, int] | None = None
         self._rebuild = False  # the next refresh builds a fresh index (the loaded one is not trusted)
-        if self.snapshot_path is not None and self.snapshot_path.exists():
-            self._seen = self._signature()
-            self._load()
+        #: Why the decisions served do not come from ``snapshot_path`` (missing, unreadable, of
+        #: other priorities), or None. Set on load, cleared by a good load or a saved refresh.
+        self.snapshot_error: str | None = None
+        if self.snapshot_path is not None:
+            if self.snapshot_path.exists():
+                self._seen = self._signature()
+                self._load()
+            else:
+                self.snapshot_error = f"there is no snapshot at {self.snapshot_path}"
 
     @classmethod
     def follow(
@@ -309,6 +315,7 @@ class _Engine(Generic[_Source]):
             try:
                 self._load()
             except Exception as e:  # the request path never raises: keep the last good index
+                self.snapshot_error = f"{self.snapshot_path} could not be reloaded: {e}"
                 log.warning(
                     "could not reload the snapshot %s (%s); still answering from the last good one",
                     self.snapshot_path,
@@ -596,6 +603,7 @@ class _Engine(Generic[_Source]):
                 e,
             )
             return f"snapshot not saved: {e}"
+        self.snapshot_error = None
         return None
 
     def _load(self) -> None:
@@ -604,6 +612,7 @@ class _Engine(Generic[_Source]):
             index, meta = DecisionIndex.load_with_metadata(self.snapshot_path)
             doc = orjson.loads(meta) if meta else {}
         except (SnapshotError, orjson.JSONDecodeError, OSError) as e:
+            self.snapshot_error = f"the snapshot {self.snapshot_path} is unreadable: {e}"
             log.warning(
                 "ignoring the unreadable snapshot %s (%s): a startup pull will rebuild it", self.snapshot_path, e
             )
@@ -627,8 +636,12 @@ class _Engine(Generic[_Source]):
             )
             self.index = index
             self.state = _State()
+            self.snapshot_error = None  # its decisions are served
             return
         if index.priorities != self._index_priorities:
+            self.snapshot_error = (
+                f"the snapshot {self.snapshot_path} ranks {index.priorities}, this engine {self._index_priorities}"
+            )
             log.warning(
                 "snapshot priorities %s differ from %s: a startup pull will rebuild it",
                 index.priorities,
@@ -637,6 +650,7 @@ class _Engine(Generic[_Source]):
             return
         self.index = index
         self.state = state
+        self.snapshot_error = None
 
     def stats(self) -> dict[str, Any]:
         """Index counts, refresh state and answers by (origin, remediation)."""

@@ -256,7 +256,10 @@ class FileStorage:
         """An exclusive lock over the directory, across threads and processes; re-entrant."""
         with self._thread_lock:
             if self._depth == 0:
-                fd = os.open(self.directory / self.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fd = os.open(self.directory / self.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError as e:
+                    raise StorageError(f"cannot lock {self.directory}: {e.strerror}") from None
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._lock_fd = fd
             self._depth += 1
