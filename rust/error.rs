@@ -11,12 +11,14 @@ pub enum Error {
     InvalidDecision(String),
     /// A snapshot file that is corrupt, truncated, of another version, or unreadable.
     Snapshot(String),
+    /// A decisions-stream answer that is not JSON, or not a JSON object.
+    Stream(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidIp(m) | Error::InvalidDecision(m) | Error::Snapshot(m) => f.write_str(m),
+            Error::InvalidIp(m) | Error::InvalidDecision(m) | Error::Snapshot(m) | Error::Stream(m) => f.write_str(m),
         }
     }
 }

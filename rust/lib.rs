@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod bits;
 pub mod error;
 pub mod export;
@@ -37,9 +38,6 @@ pub mod hosts;
 pub mod index;
 pub mod parse;
 pub mod py;
-pub mod py_answers;
-pub mod py_breathe;
-pub mod py_stream;
 pub mod shared;
 pub mod slot;
 pub mod snapshot;

@@ -6,8 +6,9 @@
 //! JSON object, is an error. The rules match `capi_fast.stream.parse_stream`, which tests
 //! compare this parser with.
 
+use crate::batch::Interner;
+use crate::error::Error;
 use crate::parse::{parse_net, Net};
-use hashbrown::HashMap;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -18,7 +19,7 @@ use std::fmt;
 #[derive(Debug, Default, Clone)]
 pub struct StreamOps {
     /// Distinct (origin, type) pairs; a removal's type may be absent.
-    pub pairs: Vec<(String, Option<String>)>,
+    pub pairs: Interner<(String, Option<String>)>,
     /// Adds: network, host bits were cleared, pair, ttl in seconds.
     pub adds: Vec<(Net, bool, u32, f64)>,
     /// Removals: network, pair.
@@ -27,30 +28,11 @@ pub struct StreamOps {
     pub skipped: usize,
     /// The raw JSON of the answer's `links` member, when present.
     pub links: Option<Vec<u8>>,
-    pair_ids: HashMap<(String, Option<String>), u32>,
-    last_pair: Option<u32>,
 }
 
 impl StreamOps {
     fn pair(&mut self, origin: &str, kind: Option<&str>) -> u32 {
-        if let Some(i) = self.last_pair {
-            let (o, k) = &self.pairs[i as usize];
-            if o == origin && k.as_deref() == kind {
-                return i;
-            }
-        }
-        let key = (origin.to_owned(), kind.map(str::to_owned));
-        let i = match self.pair_ids.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = self.pairs.len() as u32;
-                self.pairs.push(key.clone());
-                self.pair_ids.insert(key, i);
-                i
-            }
-        };
-        self.last_pair = Some(i);
-        i
+        self.pairs.id(|(o, k)| o == origin && k.as_deref() == kind, || (origin.to_owned(), kind.map(str::to_owned)))
     }
 }
 
@@ -114,12 +96,15 @@ pub fn parse_go_duration(text: &str) -> Option<f64> {
 }
 
 /// Reads a stream answer; `origin` is given to decisions that carry none (v3 has none).
-pub fn parse_stream(body: &[u8], origin: &str) -> Result<StreamOps, String> {
+///
+/// # Errors
+/// [`Error::Stream`] for a body that is not JSON, or not a JSON object.
+pub fn parse_stream(body: &[u8], origin: &str) -> crate::error::Result<StreamOps> {
     let mut out = StreamOps::default();
     let mut de = serde_json::Deserializer::from_slice(body);
     de.deserialize_any(DocSeed { out: &mut out, origin })
         .and_then(|()| de.end())
-        .map_err(|e| format!("the decisions stream is not valid JSON: {e}"))?;
+        .map_err(|e| Error::Stream(format!("the decisions stream is not valid JSON: {e}")))?;
     Ok(out)
 }
 
@@ -561,9 +546,9 @@ mod tests {
         let ops = parse_stream(body, "CAPI").expect("valid");
         assert_eq!(ops.adds.len(), 2);
         assert!(ops.adds[1].1, "host bits counted as normalised");
-        assert_eq!(ops.pairs[ops.adds[0].2 as usize], ("CAPI".to_owned(), Some("ban".to_owned())));
+        assert_eq!(ops.pairs.items()[ops.adds[0].2 as usize], ("CAPI".to_owned(), Some("ban".to_owned())));
         assert_eq!(ops.removes.len(), 1);
-        assert_eq!(ops.pairs[ops.removes[0].1 as usize], ("CAPI".to_owned(), None));
+        assert_eq!(ops.pairs.items()[ops.removes[0].1 as usize], ("CAPI".to_owned(), None));
         // nope, soon, 5, FR, 7, 3
         assert_eq!(ops.skipped, 6);
         assert_eq!(ops.links.as_deref(), Some(&br#"{"blocklists":[{"name":"x"}]}"#[..]));
@@ -579,7 +564,7 @@ mod tests {
         let ops = parse_stream(body, "CAPI").expect("valid");
         assert_eq!(ops.adds.len(), 2);
         assert_eq!(ops.skipped, 2);
-        assert_eq!(ops.pairs[ops.adds[1].2 as usize], ("CAPI".to_owned(), Some("captcha".to_owned())));
+        assert_eq!(ops.pairs.items()[ops.adds[1].2 as usize], ("CAPI".to_owned(), Some("captcha".to_owned())));
         assert!((ops.adds[0].3 - (3.0 * 3600.0 + 59.0 * 60.0 + 59.65)).abs() < 1e-9);
     }
 

@@ -5,8 +5,9 @@
 //! usage metrics report them. Followers of a snapshot get a reload hook called at most once per
 //! interval from inside `get`.
 
+use super::convert::{addr_text, clock, ms, text_of, to_py};
+use super::index::PyDecisionIndex;
 use crate::parse::parse_addr;
-use crate::py::{addr_text, clock, ms, text_of, to_py, PyDecisionIndex};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;

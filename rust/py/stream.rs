@@ -15,7 +15,7 @@ impl Drop for ParsedStream {
     fn drop(&mut self) {
         let ops = std::mem::take(&mut self.ops);
         let items = ops.adds.len() + ops.removes.len();
-        crate::py_breathe::free_off_gil(ops, items);
+        super::breathe::free_off_gil(ops, items);
     }
 }
 
@@ -60,6 +60,6 @@ pub fn parse_stream(py: Python<'_>, body: &Bound<'_, PyBytes>, origin: &str) -> 
     let bytes = body.as_bytes();
     match py.detach(|| parse(bytes, origin)) {
         Ok(ops) => Ok(ParsedStream { ops }),
-        Err(msg) => Err(crate::py::raise(py, "ServerError", msg)),
+        Err(e) => Err(super::convert::to_py(py, e)),
     }
 }

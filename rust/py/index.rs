@@ -1,64 +1,21 @@
-//! The Python bindings: `capi_fast._native.DecisionIndex` and `BatchResult`.
+//! `capi_fast._native.DecisionIndex` and `BatchResult`.
 
+use super::breathe::{list_of, Breather};
+use super::convert::{addr_text, clock, expiry, ms, name_text, opt_f64, text, text_of, to_py};
+use super::stream::ParsedStream;
+use crate::batch::{AddItem, Batch, Outcome, RemoveItem};
 use crate::error::Error;
 use crate::export;
-use crate::index::{AddRule, Index, Op};
+use crate::index::{AddRule, Index};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
-use crate::py_breathe::{list_of, Breather};
-use crate::py_stream::ParsedStream;
 use crate::shared::Shared;
-use crate::slot::NEVER;
 use crate::snapshot;
-use crate::stream::{stored_type, StreamOps};
-use hashbrown::HashMap;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-
-/// A `capi_fast.errors` exception of class `class`.
-pub(crate) fn raise(py: Python<'_>, class: &str, msg: String) -> PyErr {
-    match py.import("capi_fast.errors").and_then(|m| m.getattr(class)) {
-        Ok(cls) => match cls.cast_into::<PyType>() {
-            Ok(t) => PyErr::from_type(t, msg),
-            Err(_) => PyValueError::new_err(msg),
-        },
-        Err(e) => e,
-    }
-}
-
-pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
-    match e {
-        Error::InvalidIp(m) => raise(py, "InvalidIP", m),
-        Error::InvalidDecision(m) => raise(py, "InvalidDecision", m),
-        Error::Snapshot(m) => raise(py, "SnapshotError", m),
-    }
-}
-
-pub(crate) fn clock(now: Option<f64>) -> PyResult<f64> {
-    match now {
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        Some(t) => Err(PyValueError::new_err(format!("now must be a finite, non-negative Unix time, got {t}"))),
-        None => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())),
-    }
-}
-
-pub(crate) fn ms(t: f64) -> u64 {
-    // `as` truncates toward zero (the floor, for t >= 0) and saturates: negatives and NaN give 0.
-    ((t * 1000.0) as u64).min(NEVER - 1)
-}
-
-/// Expiry in ms for a ttl in seconds (None: never).
-fn expiry(now: f64, ttl: Option<f64>) -> PyResult<u64> {
-    match ttl {
-        None => Ok(NEVER),
-        Some(t) if t.is_nan() => Err(PyValueError::new_err("ttl must be a number of seconds, got NaN")),
-        Some(t) if t == f64::INFINITY => Ok(NEVER),
-        Some(t) => Ok(ms(now + t)),
-    }
-}
 
 /// The outcome of a batch.
 #[pyclass(frozen, get_all, module = "capi_fast._native")]
@@ -74,6 +31,18 @@ pub struct BatchResult {
     pub skipped: usize,
     /// Networks whose host bits were cleared.
     pub normalized: usize,
+}
+
+impl From<Outcome> for BatchResult {
+    fn from(o: Outcome) -> Self {
+        BatchResult {
+            added: o.added,
+            refreshed: o.refreshed,
+            removed: o.removed,
+            skipped: o.skipped,
+            normalized: o.normalized,
+        }
+    }
 }
 
 #[pymethods]
@@ -92,93 +61,6 @@ pub struct PyDecisionIndex {
     pub(crate) inner: Shared,
     /// Interned remediation names by id, filled on first use (ids are never reassigned).
     names: Box<[OnceLock<Py<PyString>>]>,
-}
-
-/// One add, before it is turned into an op.
-struct AddItem {
-    net: Net,
-    normalized: bool,
-    /// Index into the batch's [`Pairs`].
-    pair: u32,
-    exp: u64,
-    /// Replace for the caller's own adds, Extend for a stream answer's.
-    rule: AddRule,
-}
-
-/// The distinct (origin, remediation) pairs of a batch, so that items hold an index instead
-/// of two strings each (a million items would otherwise leave the heap fragmented).
-#[derive(Default)]
-struct Pairs {
-    list: Vec<(String, String)>,
-    map: HashMap<(String, String), u32>,
-    last: Option<u32>,
-}
-
-impl Pairs {
-    fn id(&mut self, origin: &str, remediation: &str) -> u32 {
-        if let Some(i) = self.last {
-            let (o, r) = &self.list[i as usize];
-            if o == origin && r == remediation {
-                return i;
-            }
-        }
-        let key = (origin.to_owned(), remediation.to_owned());
-        let i = match self.map.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = self.list.len() as u32;
-                self.list.push(key.clone());
-                self.map.insert(key, i);
-                i
-            }
-        };
-        self.last = Some(i);
-        i
-    }
-}
-
-struct RemoveItem {
-    net: Net,
-    origin: Option<String>,
-    remediation: Option<String>,
-}
-
-pub(crate) fn text_of<'a, 'py>(v: &'a Bound<'py, PyAny>, what: &str) -> PyResult<&'a Bound<'py, PyString>> {
-    v.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{what} must be a str, got {}",
-            v.get_type().name().map_or("?".into(), |n| n.to_string())
-        ))
-    })
-}
-
-/// The text of a value that must be an address or network: one Python cannot encode as UTF-8
-/// (a lone surrogate) is not one, and is reported (or skipped) as such.
-pub(crate) fn addr_text<'a>(s: &'a Bound<'_, PyString>) -> Result<&'a str, Error> {
-    s.to_str().map_err(|_| Error::InvalidIp("not an IP address or network: the text is not valid UTF-8".into()))
-}
-
-/// The text of a remediation or origin name (a lone surrogate makes it one the index cannot take).
-fn name_text<'a>(s: &'a Bound<'_, PyString>) -> Result<&'a str, Error> {
-    s.to_str().map_err(|_| Error::InvalidDecision("a remediation or origin must be valid UTF-8".into()))
-}
-
-fn text<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
-    text_of(v, what).cloned()
-}
-
-fn ttl_of(v: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    if v.is_none() {
-        return Ok(None);
-    }
-    if let Ok(f) = v.cast::<PyFloat>() {
-        return Ok(Some(f.value()));
-    }
-    Ok(Some(v.extract::<f64>().map_err(|_| PyTypeError::new_err("ttl must be a number of seconds or None"))?))
-}
-
-fn opt_f64(v: Option<Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    v.map_or(Ok(None), |v| ttl_of(&v))
 }
 
 impl PyDecisionIndex {
@@ -201,99 +83,12 @@ impl PyDecisionIndex {
         Some(self.name(py, rem))
     }
 
-    /// Parses adds and removes, then applies them as one batch (removes first).
-    #[allow(clippy::too_many_arguments)]
-    fn run_batch(
-        &self,
-        py: Python<'_>,
-        adds: Vec<AddItem>,
-        pairs: Pairs,
-        removes: Vec<RemoveItem>,
-        now: u64,
-        strict: bool,
-        mut result: BatchResult,
-    ) -> PyResult<BatchResult> {
-        let size = adds.len() + removes.len();
-        // `move`: the batch's vectors (tens of MB for a million items) are freed without the GIL.
-        let out = py.detach(move || {
-            self.inner.write(size, |ix| -> Result<BatchResult, Error> {
-                let mut ops = Vec::with_capacity(size);
-                for r in &removes {
-                    if let Some(f) = ix.filter(r.origin.as_deref(), r.remediation.as_deref()) {
-                        ops.push(Op::Remove(r.net, f));
-                    }
-                }
-                let tags = ix.tags(pairs.list.iter().map(|(o, r)| (o.as_str(), r.as_str())), strict)?;
-                let mut v4_hosts = 0;
-                let mut untagged = 0;
-                let mut normalized = 0;
-                for a in &adds {
-                    let Some(tag) = tags[a.pair as usize] else {
-                        untagged += 1; // an origin or remediation the index cannot hold: skipped
-                        continue;
-                    };
-                    // None: an expired stream add, which changes nothing and counts as nothing.
-                    if let Some(op) = ix.add_op(a.net, tag, a.exp, now, a.rule) {
-                        normalized += usize::from(a.normalized);
-                        v4_hosts +=
-                            usize::from(matches!(op, Op::Add(Net::V4(_, 32), ..) | Op::Extend(Net::V4(_, 32), ..)));
-                        ops.push(op);
-                    }
-                }
-                if v4_hosts > 4096 {
-                    ix.reserve_v4_hosts(v4_hosts);
-                }
-                let before = ix.len();
-                let (added, removed) = ix.apply(&ops);
-                ix.note_normalized(normalized as u64);
-                let adds_applied = ops.iter().filter(|o| matches!(o, Op::Add(..) | Op::Extend(..))).count();
-                debug_assert_eq!(ix.len(), before + added - removed);
-                result.added = added;
-                result.refreshed = adds_applied - added;
-                result.removed = removed;
-                result.normalized = normalized;
-                result.skipped += untagged;
-                Ok(result)
-            })
-        });
-        out.map_err(|e| to_py(py, e))
-    }
-
-    /// A parsed stream's operations as batch items; types not in `stream_types` (default: the
-    /// priorities) become `fallback`.
-    #[allow(clippy::too_many_arguments)]
-    fn stream_items(
-        &self,
-        ops: &StreamOps,
-        fallback: Option<&str>,
-        stream_types: Option<&[String]>,
-        now: f64,
-        adds: &mut Vec<AddItem>,
-        pairs: &mut Pairs,
-        removes: &mut Vec<RemoveItem>,
-    ) -> PyResult<()> {
-        let kept = match stream_types {
-            Some(t) => t.to_vec(),
-            None => self.inner.read().priorities().to_vec(),
-        };
-        let mapped = |kind: &str| stored_type(kind, &kept, fallback).to_owned();
-        let names: Vec<(String, Option<String>)> =
-            ops.pairs.iter().map(|(o, k)| (o.clone(), k.as_deref().map(mapped))).collect();
-        for &(net, pair) in &ops.removes {
-            let (o, k) = &names[pair as usize];
-            removes.push(RemoveItem { net, origin: Some(o.clone()), remediation: k.clone() });
-        }
-        // Interned on first use: a removal's pair may have no type, which no add carries.
-        let mut ids: Vec<Option<u32>> = vec![None; names.len()];
-        adds.reserve(ops.adds.len());
-        for &(net, normalized, pair, ttl) in &ops.adds {
-            let id = *ids[pair as usize].get_or_insert_with(|| {
-                let (o, k) = &names[pair as usize];
-                pairs.id(o, k.as_deref().unwrap_or_default())
-            });
-            adds.push(AddItem { net, normalized, pair: id, exp: expiry(now, Some(ttl))?, rule: AddRule::Extend });
-        }
-        Ok(())
+    /// Applies `batch` at `now` (ms) without the GIL; its vectors (tens of MB for a million
+    /// items) are freed there too.
+    fn run_batch(&self, py: Python<'_>, batch: Batch, now: u64, strict: bool) -> PyResult<BatchResult> {
+        let size = batch.size();
+        let out = py.detach(move || self.inner.write(size, move |ix| batch.apply(ix, now, strict)));
+        out.map(BatchResult::from).map_err(|e| to_py(py, e))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -304,14 +99,14 @@ impl PyDecisionIndex {
         ttl: Option<f64>,
         origin: &str,
         now: f64,
-        pairs: &mut Pairs,
+        batch: &mut Batch,
     ) -> PyResult<Result<AddItem, Error>> {
         if let Ok(s) = item.cast::<PyString>() {
             let exp = expiry(now, ttl)?;
             return Ok(addr_text(s).and_then(parse_net).map(|(net, normalized)| AddItem {
                 net,
                 normalized,
-                pair: pairs.id(origin, remediation),
+                pair: batch.pair(origin, remediation),
                 exp,
                 rule: AddRule::Replace,
             }));
@@ -340,7 +135,7 @@ impl PyDecisionIndex {
         Ok(addr_text(&value).and_then(parse_net).map(|(net, normalized)| AddItem {
             net,
             normalized,
-            pair: pairs.id(org, rem),
+            pair: batch.pair(org, rem),
             exp,
             rule: AddRule::Replace,
         }))
@@ -368,9 +163,10 @@ impl PyDecisionIndex {
     ) -> PyResult<bool> {
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
-        let mut pairs = Pairs::default();
-        let item = self.parse_add(value, remediation, ttl, origin, now, &mut pairs)?.map_err(|e| to_py(py, e))?;
-        let r = self.run_batch(py, vec![item], pairs, vec![], ms(now), true, BatchResult::default())?;
+        let mut batch = Batch::default();
+        let item = self.parse_add(value, remediation, ttl, origin, now, &mut batch)?.map_err(|e| to_py(py, e))?;
+        batch.adds.push(item);
+        let r = self.run_batch(py, batch, ms(now), true)?;
         Ok(r.added == 1)
     }
 
@@ -413,28 +209,26 @@ impl PyDecisionIndex {
         }
         let now = clock(now)?;
         let ttl = opt_f64(ttl)?;
-        let mut result = BatchResult::default();
-        let mut adds = Vec::new();
-        let mut pairs = Pairs::default();
-        let mut removes = Vec::new();
+        let mut batch = Batch::default();
         if let Some(s) = &stream {
+            let kept = match stream_types {
+                Some(t) => t,
+                None => self.inner.read().priorities().to_vec(),
+            };
             // Plain Rust data: converted without the GIL (a million items take tens of ms).
             let ops = &s.ops;
-            py.detach(|| {
-                self.stream_items(ops, fallback, stream_types.as_deref(), now, &mut adds, &mut pairs, &mut removes)
-            })?;
-            result.skipped += s.ops.skipped;
+            py.detach(|| batch.extend_from_stream(ops, &kept, fallback, now));
         }
         if let Some(items) = add {
             if let Ok(n) = items.len() {
-                adds.reserve(n);
+                batch.adds.reserve(n);
             }
             let mut breather = Breather::default();
             for item in items.try_iter()? {
-                match self.parse_add(&item?, remediation, ttl, origin, now, &mut pairs)? {
-                    Ok(a) => adds.push(a),
+                match self.parse_add(&item?, remediation, ttl, origin, now, &mut batch)? {
+                    Ok(a) => batch.adds.push(a),
                     Err(e) if strict => return Err(to_py(py, e)),
-                    Err(_) => result.skipped += 1,
+                    Err(_) => batch.skipped += 1,
                 }
                 breather.tick(py)?;
             }
@@ -464,13 +258,13 @@ impl PyDecisionIndex {
                         return Err(PyTypeError::new_err("a remove item must be a str or a tuple"));
                     };
                 match addr_text(&value).and_then(parse_net) {
-                    Ok((net, _)) => removes.push(RemoveItem { net, origin: o, remediation: r }),
+                    Ok((net, _)) => batch.removes.push(RemoveItem { net, origin: o, remediation: r }),
                     Err(e) if strict => return Err(to_py(py, e)),
-                    Err(_) => result.skipped += 1,
+                    Err(_) => batch.skipped += 1,
                 }
             }
         }
-        self.run_batch(py, adds, pairs, removes, ms(now), strict, result)
+        self.run_batch(py, batch, ms(now), strict)
     }
 
     /// Removes the decisions on exactly `value`, optionally only one origin or remediation.
@@ -483,9 +277,9 @@ impl PyDecisionIndex {
         remediation: Option<String>,
     ) -> PyResult<usize> {
         let (net, _) = addr_text(&text(value, "value")?).and_then(parse_net).map_err(|e| to_py(py, e))?;
-        let removes = vec![RemoveItem { net, origin, remediation }];
-        let r = self.run_batch(py, vec![], Pairs::default(), removes, 0, true, BatchResult::default())?;
-        Ok(r.removed)
+        let mut batch = Batch::default();
+        batch.removes.push(RemoveItem { net, origin, remediation });
+        Ok(self.run_batch(py, batch, 0, true)?.removed)
     }
 
     /// The remediation for `ip` at `now`, or None.
@@ -688,24 +482,5 @@ impl PyDecisionIndex {
             }
         });
         Ok(PyBytes::new(py, &codes).into_any())
-    }
-}
-
-/// The native module.
-#[pymodule(gil_used = false)]
-pub mod _native {
-    #[pymodule_export]
-    use super::{BatchResult, PyDecisionIndex};
-    #[pymodule_export]
-    use crate::py_answers::Remediator;
-    #[pymodule_export]
-    use crate::py_stream::{parse_stream, ParsedStream};
-
-    #[pymodule_init]
-    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        m.add("SNAPSHOT_VERSION", crate::snapshot::VERSION)?;
-        Ok(())
     }
 }
