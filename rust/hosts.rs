@@ -47,11 +47,6 @@ impl<K: Bits> Hosts<K> {
         self.len
     }
 
-    /// True when no address is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The slot of `k`, if held.
     #[inline]
     pub fn get(&self, k: K) -> Option<&Slot> {

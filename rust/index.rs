@@ -81,7 +81,7 @@ pub struct Index {
     tags: Vec<(u32, u8)>,
     tag_ids: HashMap<(u32, u8), u16>,
     /// Tag -> lookup key, `rank << 16 | tag` (rank 0 is the most severe).
-    tag_rank: Vec<Key>,
+    tag_keys: Vec<Key>,
     /// Rank -> remediation id.
     rank_rem: Vec<u8>,
     count: usize,
@@ -112,7 +112,7 @@ impl Index {
             origin_ids: HashMap::new(),
             tags: vec![(0, 0)],
             tag_ids: HashMap::new(),
-            tag_rank: vec![NO_KEY],
+            tag_keys: vec![NO_KEY],
             rank_rem: Vec::new(),
             count: 0,
             normalized: 0,
@@ -142,15 +142,15 @@ impl Index {
             rem_rank[r as usize] = rank as u16;
         }
         self.rank_rem = order;
-        self.tag_rank = self
+        self.tag_keys = self
             .tags
             .iter()
             .enumerate()
             .map(|(t, &(_, r))| if t == 0 { NO_KEY } else { (Key::from(rem_rank[r as usize]) << 16) | t as Key })
             .collect();
         // The block summaries hold keys: they follow the new ranks.
-        self.v4.summarize(&self.tag_rank);
-        self.v6.summarize(&self.tag_rank);
+        self.v4.summarize(&self.tag_keys);
+        self.v6.summarize(&self.tag_keys);
     }
 
     /// The id of remediation `name`, interned on first use.
@@ -278,20 +278,20 @@ impl Index {
                 }
                 Op::Remove(net, f) => {
                     let tags = &self.tags;
-                    let keep_out = |d: Dec| {
+                    let selected = |d: Dec| {
                         let (o, r) = tags[d.tag as usize];
                         f.origin.is_none_or(|x| x == o) && f.remediation.is_none_or(|x| x == r)
                     };
                     removed += match net {
-                        Net::V4(k, l) => self.v4.remove(k, l, keep_out),
-                        Net::V6(k, l) => self.v6.remove(k, l, keep_out),
+                        Net::V4(k, l) => self.v4.remove(k, l, selected),
+                        Net::V6(k, l) => self.v6.remove(k, l, selected),
                     };
                 }
             }
         }
         self.count = self.count + added - removed;
-        self.v4.finish(&self.tag_rank);
-        self.v6.finish(&self.tag_rank);
+        self.v4.finish(&self.tag_keys);
+        self.v6.finish(&self.tag_keys);
         (added, removed)
     }
 
@@ -321,8 +321,8 @@ impl Index {
     #[inline]
     fn key(&self, addr: Addr, now: u64) -> Key {
         match addr {
-            Addr::V4(a) => self.v4.best(a, now, &self.tag_rank),
-            Addr::V6(a) => self.v6.best(a, now, &self.tag_rank),
+            Addr::V4(a) => self.v4.best(a, now, &self.tag_keys),
+            Addr::V6(a) => self.v6.best(a, now, &self.tag_keys),
         }
     }
 
@@ -339,11 +339,6 @@ impl Index {
         self.tags[tag as usize]
     }
 
-    /// Number of tags, the empty tag 0 included.
-    pub fn tag_count(&self) -> usize {
-        self.tags.len()
-    }
-
     /// Code of a lookup key: 0 for none, else remediation id + 1.
     #[inline]
     fn code_of(&self, key: Key) -> u8 {
@@ -356,13 +351,13 @@ impl Index {
     #[inline]
     pub fn code<K: Bits>(&self, addr: K, now: u64) -> u8 {
         let key = if K::BITS == 32 {
-            self.v4.best(addr.to_u128() as u32, now, &self.tag_rank)
+            self.v4.best(addr.to_u128() as u32, now, &self.tag_keys)
         } else {
             let a = addr.to_u128();
             if a >> 32 == 0xffff {
-                self.v4.best(a as u32, now, &self.tag_rank)
+                self.v4.best(a as u32, now, &self.tag_keys)
             } else {
-                self.v6.best(a, now, &self.tag_rank)
+                self.v6.best(a, now, &self.tag_keys)
             }
         };
         self.code_of(key)
@@ -431,8 +426,8 @@ impl Index {
         let (a, done4) = self.v4.purge(now, budget);
         let (b, done6) = if a < budget { self.v6.purge(now, budget - a) } else { (0, false) };
         self.count -= a + b;
-        self.v4.finish(&self.tag_rank);
-        self.v6.finish(&self.tag_rank);
+        self.v4.finish(&self.tag_keys);
+        self.v6.finish(&self.tag_keys);
         (a + b, done4 && done6)
     }
 
@@ -453,10 +448,10 @@ impl Index {
 
     /// Each prefix of a family holding an active decision with its best rank: `(start, len, rank)`.
     pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16)> {
-        fn collect<K: Bits>(t: &Table<K>, now: u64, keys: &[Key]) -> Vec<(u128, u8, u16)> {
+        fn collect<K: Bits>(t: &Table<K>, now: u64, tag_keys: &[Key]) -> Vec<(u128, u8, u16)> {
             let mut out = Vec::new();
             t.for_each(|k, l, s| {
-                let key = s.best(t.sets(), now, keys);
+                let key = s.best(t.sets(), now, tag_keys);
                 if key != NO_KEY {
                     out.push((k.to_u128(), l, (key >> 16) as u16));
                 }
@@ -464,9 +459,9 @@ impl Index {
             out
         }
         if family == 4 {
-            collect(&self.v4, now, &self.tag_rank)
+            collect(&self.v4, now, &self.tag_keys)
         } else {
-            collect(&self.v6, now, &self.tag_rank)
+            collect(&self.v6, now, &self.tag_keys)
         }
     }
 

@@ -30,20 +30,20 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
 
-pub mod batch;
-pub mod bits;
+pub(crate) mod batch;
+pub(crate) mod bits;
 pub mod error;
-pub mod export;
-pub mod hosts;
+pub(crate) mod export;
+pub(crate) mod hosts;
 pub mod index;
 pub mod parse;
-pub mod py;
-pub mod shared;
-pub mod slot;
-pub mod snapshot;
-pub mod stream;
-pub mod table;
-pub mod trie;
+pub(crate) mod py;
+pub(crate) mod shared;
+pub(crate) mod slot;
+pub(crate) mod snapshot;
+pub(crate) mod stream;
+pub(crate) mod table;
+pub(crate) mod trie;
 
 #[cfg(test)]
 mod model_tests;

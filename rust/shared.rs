@@ -64,13 +64,6 @@ impl Shared {
         r
     }
 
-    /// Replaces the whole index.
-    pub fn replace(&self, ix: Index) {
-        let _serial = self.writer.lock();
-        let old = std::mem::replace(&mut *self.current.write(), Arc::new(ix));
-        drop(old);
-    }
-
     /// Removes every decision expired at `now`, in bounded steps; returns how many.
     pub fn purge(&self, now: u64) -> usize {
         let mut total = 0;

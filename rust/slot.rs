@@ -85,17 +85,17 @@ impl Slot {
         self.tag == EMPTY
     }
 
-    /// The best (smallest) key among decisions active at `now`, or [`NO_KEY`]; `keys` maps tags to keys.
+    /// The best (smallest) key among decisions active at `now`, or [`NO_KEY`]; `tag_keys` maps tags to lookup keys.
     #[inline]
-    pub fn best(self, sets: &Sets, now: u64, ranks: &[Key]) -> Key {
+    pub fn best(self, sets: &Sets, now: u64, tag_keys: &[Key]) -> Key {
         if self.tag != MANY {
             // EMPTY has expiry 0, never active.
-            return if self.exp() > now { ranks[self.tag as usize] } else { NO_KEY };
+            return if self.exp() > now { tag_keys[self.tag as usize] } else { NO_KEY };
         }
         let mut best = NO_KEY;
         for d in &sets.sets[self.lo as usize] {
             if d.exp > now {
-                best = best.min(ranks[d.tag as usize]);
+                best = best.min(tag_keys[d.tag as usize]);
             }
         }
         best
@@ -111,6 +111,7 @@ impl Slot {
     }
 
     /// Number of decisions held.
+    #[cfg(test)]
     pub fn len(self, sets: &Sets) -> usize {
         match self.tag {
             EMPTY => 0,
@@ -214,45 +215,45 @@ mod tests {
     fn single_then_many_then_single() {
         let mut sets = Sets::default();
         let mut s = Slot::default();
-        let ranks = [NO_KEY, 0, 1, 2];
+        let tag_keys = [NO_KEY, 0, 1, 2];
         assert!(s.is_empty());
         assert_eq!(s.upsert(&mut sets, Dec { exp: 100, tag: 2 }), None);
-        assert_eq!(s.best(&sets, 50, &ranks), 1);
+        assert_eq!(s.best(&sets, 50, &tag_keys), 1);
         assert_eq!(s.upsert(&mut sets, Dec { exp: 200, tag: 2 }), Some(100));
         assert_eq!(s.upsert(&mut sets, Dec { exp: 80, tag: 1 }), None);
         assert_eq!(s.len(&sets), 2);
-        assert_eq!(s.best(&sets, 50, &ranks), 0);
-        assert_eq!(s.best(&sets, 90, &ranks), 1, "tag 1 expired at 80");
+        assert_eq!(s.best(&sets, 50, &tag_keys), 0);
+        assert_eq!(s.best(&sets, 90, &tag_keys), 1, "tag 1 expired at 80");
         assert_eq!(s.remove(&mut sets, |d| d.exp <= 90), 1);
         assert_eq!(s.len(&sets), 1);
-        assert_eq!(s.best(&sets, 199, &ranks), 1);
-        assert_eq!(s.best(&sets, 200, &ranks), NO_KEY);
+        assert_eq!(s.best(&sets, 199, &tag_keys), 1);
+        assert_eq!(s.best(&sets, 200, &tag_keys), NO_KEY);
         assert_eq!(s.remove(&mut sets, |_| true), 1);
         assert!(s.is_empty());
         assert_eq!(s.upsert(&mut sets, Dec { exp: NEVER, tag: 3 }), None);
-        assert_eq!(s.best(&sets, NEVER - 1, &ranks), 2);
+        assert_eq!(s.best(&sets, NEVER - 1, &tag_keys), 2);
     }
 
     #[test]
     fn extend_keeps_the_later_expiry() {
         let mut sets = Sets::default();
         let mut s = Slot::default();
-        let ranks = [NO_KEY, 0, 1];
+        let tag_keys = [NO_KEY, 0, 1];
         assert_eq!(s.extend(&mut sets, Dec { exp: 100, tag: 1 }), None);
         assert_eq!(s.extend(&mut sets, Dec { exp: 50, tag: 1 }), Some(100));
-        assert_eq!(s.best(&sets, 99, &ranks), 0, "the shorter add did not shorten it");
+        assert_eq!(s.best(&sets, 99, &tag_keys), 0, "the shorter add did not shorten it");
         assert_eq!(s.extend(&mut sets, Dec { exp: 150, tag: 1 }), Some(100));
-        assert_eq!(s.best(&sets, 149, &ranks), 0, "the longer one lengthened it");
+        assert_eq!(s.best(&sets, 149, &tag_keys), 0, "the longer one lengthened it");
         // The same in a multi-decision set.
         assert_eq!(s.extend(&mut sets, Dec { exp: 70, tag: 2 }), None);
         assert_eq!(s.extend(&mut sets, Dec { exp: 10, tag: 2 }), Some(70));
         assert_eq!(s.extend(&mut sets, Dec { exp: 20, tag: 1 }), Some(150));
-        assert_eq!(s.best(&sets, 60, &ranks), 0);
-        assert_eq!(s.best(&sets, 149, &ranks), 0);
-        assert_eq!(s.best(&sets, 150, &ranks), NO_KEY);
+        assert_eq!(s.best(&sets, 60, &tag_keys), 0);
+        assert_eq!(s.best(&sets, 149, &tag_keys), 0);
+        assert_eq!(s.best(&sets, 150, &tag_keys), NO_KEY);
         // upsert still replaces.
         assert_eq!(s.upsert(&mut sets, Dec { exp: 20, tag: 1 }), Some(150));
-        assert_eq!(s.best(&sets, 60, &ranks), 1, "tag 1 now ends at 20, tag 2 at 70");
+        assert_eq!(s.best(&sets, 60, &tag_keys), 1, "tag 1 now ends at 20, tag 2 at 70");
     }
 
     #[test]

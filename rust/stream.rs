@@ -178,7 +178,7 @@ impl<'de> Deserialize<'de> for Leaf<'de> {
 }
 
 /// The members this parser reads.
-enum Key {
+enum Member {
     New,
     Deleted,
     Links,
@@ -191,26 +191,26 @@ enum Key {
     Other,
 }
 
-impl<'de> Deserialize<'de> for Key {
+impl<'de> Deserialize<'de> for Member {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Key;
+            type Value = Member;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a member name")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+            fn visit_str<E>(self, v: &str) -> Result<Member, E> {
                 Ok(match v {
-                    "new" => Key::New,
-                    "deleted" => Key::Deleted,
-                    "links" => Key::Links,
-                    "decisions" => Key::Decisions,
-                    "scope" => Key::Scope,
-                    "value" => Key::Value,
-                    "type" => Key::Type,
-                    "origin" => Key::Origin,
-                    "duration" => Key::Duration,
-                    _ => Key::Other,
+                    "new" => Member::New,
+                    "deleted" => Member::Deleted,
+                    "links" => Member::Links,
+                    "decisions" => Member::Decisions,
+                    "scope" => Member::Scope,
+                    "value" => Member::Value,
+                    "type" => Member::Type,
+                    "origin" => Member::Origin,
+                    "duration" => Member::Duration,
+                    _ => Member::Other,
                 })
             }
         }
@@ -261,11 +261,11 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key::<Member>()? {
             match key {
-                Key::New => map.next_value_seed(ListSeed { out: self.out, origin: self.origin, new: true })?,
-                Key::Deleted => map.next_value_seed(ListSeed { out: self.out, origin: self.origin, new: false })?,
-                Key::Links => {
+                Member::New => map.next_value_seed(ListSeed { out: self.out, origin: self.origin, new: true })?,
+                Member::Deleted => map.next_value_seed(ListSeed { out: self.out, origin: self.origin, new: false })?,
+                Member::Links => {
                     let raw: &RawValue = map.next_value()?;
                     self.out.links = Some(raw.get().as_bytes().to_vec());
                 }
@@ -356,14 +356,14 @@ impl<'de> Visitor<'de> for ItemSeed<'_> {
         let (mut scope, mut value, mut kind, mut origin, mut duration) =
             (Leaf::Missing, Leaf::Missing, Leaf::Missing, Leaf::Missing, Leaf::Missing);
         let mut group: Option<Group> = None;
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key::<Member>()? {
             match key {
-                Key::Decisions => group = Some(map.next_value_seed(GroupSeed { new: self.new })?),
-                Key::Scope => scope = map.next_value()?,
-                Key::Value => value = map.next_value()?,
-                Key::Type => kind = map.next_value()?,
-                Key::Origin => origin = map.next_value()?,
-                Key::Duration => duration = map.next_value()?,
+                Member::Decisions => group = Some(map.next_value_seed(GroupSeed { new: self.new })?),
+                Member::Scope => scope = map.next_value()?,
+                Member::Value => value = map.next_value()?,
+                Member::Type => kind = map.next_value()?,
+                Member::Origin => origin = map.next_value()?,
+                Member::Duration => duration = map.next_value()?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -495,10 +495,10 @@ impl<'de> Deserialize<'de> for GroupDecision {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<GroupDecision, A::Error> {
                 let (mut value, mut duration) = (Leaf::Missing, Leaf::Missing);
-                while let Some(key) = map.next_key::<Key>()? {
+                while let Some(key) = map.next_key::<Member>()? {
                     match key {
-                        Key::Value => value = map.next_value()?,
-                        Key::Duration => duration = map.next_value()?,
+                        Member::Value => value = map.next_value()?,
+                        Member::Duration => duration = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }

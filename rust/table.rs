@@ -150,14 +150,14 @@ impl<K: Bits> Table<K> {
         self.settle_key = (Key::from(settle) << 16) | 0xffff;
     }
 
-    /// The most severe rank among inner decisions, NO_RANK when none; `keys` maps tags to keys.
-    fn settle_rank(&self, keys: &[Key]) -> u16 {
+    /// The most severe rank among inner decisions, NO_RANK when none; `tag_keys` maps tags to lookup keys.
+    fn settle_rank(&self, tag_keys: &[Key]) -> u16 {
         self.inner
             .iter()
             .enumerate()
             .filter(|&(_, &n)| n > 0)
             // A tag without a key cannot happen; rank 0 then only costs the fast path.
-            .map(|(t, _)| keys.get(t).map_or(0, |k| (k >> 16) as u16))
+            .map(|(t, _)| tag_keys.get(t).map_or(0, |k| (k >> 16) as u16))
             .min()
             .unwrap_or(NO_RANK)
     }
@@ -191,16 +191,16 @@ impl<K: Bits> Table<K> {
         }
     }
 
-    /// Rebuilds derived lookup tables after a batch of changes; `keys` maps tags to lookup keys.
-    pub fn finish(&mut self, keys: &[Key]) {
+    /// Rebuilds derived lookup tables after a batch of changes; `tag_keys` maps tags to lookup keys.
+    pub fn finish(&mut self, tag_keys: &[Key]) {
         if self.trie.finish() {
-            self.summarize(keys);
+            self.summarize(tag_keys);
             return;
         }
         // The short prefixes are unchanged, but inner decisions may have come or gone (an
         // allowed address inside a banned /8): the settle rank must follow, or a summary would
         // answer over a decision that outranks it.
-        let settle = self.settle_rank(keys);
+        let settle = self.settle_rank(tag_keys);
         if settle != self.settle {
             self.set_settle(settle);
             self.trie.set_common(settle);
@@ -210,13 +210,13 @@ impl<K: Bits> Table<K> {
     /// Rebuilds every block's summary of its covering short prefixes (after the short prefixes
     /// or the tag keys changed): the best key and until when a decision with it stays active.
     /// Also recomputes the settle rank, which follows the tag keys.
-    pub fn summarize(&mut self, keys: &[Key]) {
-        self.set_settle(self.settle_rank(keys));
+    pub fn summarize(&mut self, tag_keys: &[Key]) {
+        self.set_settle(self.settle_rank(tag_keys));
         for b in 0..self.trie.block_count() {
             let (mut best, mut until) = (NO_KEY, 0u64);
             for s in self.trie.short_run(b) {
                 s.for_each(&self.sets, |d| {
-                    let k = keys[d.tag as usize];
+                    let k = tag_keys[d.tag as usize];
                     if k < best {
                         (best, until) = (k, d.exp);
                     } else if k == best {
@@ -296,10 +296,10 @@ impl<K: Bits> Table<K> {
 
     /// The best key (rank, then tag) among active decisions covering `addr`.
     #[inline]
-    pub fn best(&self, addr: K, now: u64, ranks: &[Key]) -> Key {
+    pub fn best(&self, addr: K, now: u64, tag_keys: &[Key]) -> Key {
         let host = |best: &mut Key| {
             if let Some(s) = self.hosts.get(addr) {
-                *best = (*best).min(s.best(&self.sets, now, ranks));
+                *best = (*best).min(s.best(&self.sets, now, tag_keys));
             }
         };
         let mut best = NO_KEY;
@@ -314,11 +314,11 @@ impl<K: Bits> Table<K> {
         match short {
             Some(k) if self.settles(k) => return k,
             Some(k) => best = k,
-            None => self.trie.covering_short(addr, |s| best = best.min(s.best(&self.sets, now, ranks))),
+            None => self.trie.covering_short(addr, |s| best = best.min(s.best(&self.sets, now, tag_keys))),
         }
         host(&mut best);
         if best >> 16 != 0 {
-            self.trie.covering_long(addr, |s| best = best.min(s.best(&self.sets, now, ranks)));
+            self.trie.covering_long(addr, |s| best = best.min(s.best(&self.sets, now, tag_keys)));
         }
         best
     }

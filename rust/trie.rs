@@ -5,6 +5,12 @@
 //! lookup walks the short trie (a few nodes, hot in cache) and the few nodes of one block,
 //! instead of a deep path from a single root.
 //!
+//! Each /16 block also has a summary of the short prefixes covering it (their best key and
+//! until when it holds), and the blocks whose summary holds the commonest answer long enough
+//! are flagged in one bit set: the per-/16 accelerator a lookup tries first, answering without
+//! touching the host table or any trie when no inner decision can outrank the summary (see
+//! `Table::settled`).
+//!
 //! Nodes live in one arena (`Vec`) addressed by `u32`; a node holds a prefix and a [`Slot`] of
 //! decisions. A node whose slot is empty always has two children (it is a branching "glue"
 //! node), so each trie has at most `2n - 1` nodes for `n` stored prefixes.
@@ -279,13 +285,6 @@ impl<K: Bits> Trie<K> {
         self.free.push(i);
     }
 
-    /// Calls `f` on the slot of every stored prefix covering `addr`, shortest first.
-    #[inline]
-    pub fn covering(&self, addr: K, mut f: impl FnMut(Slot)) {
-        self.covering_short(addr, &mut f);
-        self.covering_long(addr, f);
-    }
-
     /// Calls `f` on the slot of every prefix shorter than /16 covering `addr`.
     #[inline]
     pub fn covering_short(&self, addr: K, mut f: impl FnMut(Slot)) {
@@ -462,12 +461,21 @@ impl<K: Bits> Trie<K> {
         }
     }
 
+    /// Calls `f` on the slot of every stored prefix covering `addr`, shortest first.
+    #[cfg(test)]
+    pub fn covering(&self, addr: K, mut f: impl FnMut(Slot)) {
+        self.covering_short(addr, &mut f);
+        self.covering_long(addr, f);
+    }
+
     /// True when no prefix is stored.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.node_count() == 0
     }
 
     /// Nodes in use (stored prefixes plus glue nodes).
+    #[cfg(test)]
     pub fn node_count(&self) -> usize {
         self.nodes.len() - self.free.len()
     }
