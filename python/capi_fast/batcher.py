@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capi_fast.client import MAX_SIGNALS_PER_CALL
 from capi_fast.errors import CapiError, InvalidSignal
-from capi_fast.signals import Signal
+from capi_fast.signals import MAX_SIGNALS_PER_CALL, Signal
 from capi_fast.spool import Spool
 
 if TYPE_CHECKING:

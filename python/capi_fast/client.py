@@ -53,7 +53,7 @@ from capi_fast.errors import (
 )
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, parse_allowlist, parse_blocklist
 from capi_fast.metrics import METRICS_INTERVAL, Activity, capi_metrics, metrics_problem
-from capi_fast.signals import Signal, parse_rfc3339, scenario_problem
+from capi_fast.signals import MAX_SIGNALS_PER_CALL, Signal, parse_rfc3339, scenario_problem
 from capi_fast.storage import Credentials, MemoryStorage, Storage, Token, generate_credentials
 
 if TYPE_CHECKING:
@@ -74,7 +74,6 @@ log = logging.getLogger("capi_fast.client")
 
 PROD_URL = "https://api.crowdsec.net/"
 DEV_URL = "https://api.dev.crowdsec.net/"
-MAX_SIGNALS_PER_CALL = 250
 
 
 def _jwt_exp(token: str) -> float | None:

@@ -22,6 +22,7 @@ from typing import Any
 from capi_fast.errors import InvalidSignal
 
 __all__ = [
+    "MAX_SIGNALS_PER_CALL",
     "GUIDE_SCENARIO_RE",
     "SCENARIO_RE",
     "SCENARIO_TRUSTS",
@@ -32,6 +33,10 @@ __all__ = [
     "rfc3339",
     "scenario_problem",
 ]
+
+#: Most signals CAPI takes in one ``POST /signals`` (the SDK guide's rule), so the most one
+#: batch sends.
+MAX_SIGNALS_PER_CALL = 250
 
 #: The rule for scenario names: ``<product>/<name>``, the product 1-16 and the name 1-64 letters,
 #: digits, ``_`` or ``-``, either case. It is the official SDK's (php-common's ``Constants``),
