@@ -14,35 +14,47 @@ def generation(g: int, size: int) -> list[str]:
     return [f"10.{g % 200}.{i // 250}.{i % 250}" for i in range(size)]
 
 
+def remediation(g: int) -> str:
+    return "ban" if g % 2 == 0 else "captcha"
+
+
 @pytest.mark.parametrize("size", [300, 5000], ids=["in-place-batches", "copy-on-write-batches"])
 def test_batches_are_atomic_for_concurrent_readers(size):
     idx = DecisionIndex()
     rounds = 40
-    idx.add_many(generation(0, size), now=NOW)
-    # Every batch swaps one generation of addresses for the next: a reader must always see
-    # exactly one whole generation among the two it probes.
+    # Every batch swaps one generation of addresses for the next, and generations alternate
+    # remediations: a reader must always see exactly one whole generation, with its own answer.
     probes = {g: generation(g, size) for g in range(rounds + 1)}
+    idx.add_many(probes[0], remediation(0), now=NOW)
     every = [ip for g in range(rounds + 1) for ip in probes[g]]
     done = threading.Event()
-    errors: list[str] = []
+    errors: list[str] = []  # a failure in a thread is reported here, then asserted by the test
     seen = [0, 0]
 
+    def check(answers: list[str | None]) -> str | None:
+        present = [g for g in range(rounds + 1) if any(answers[g * size : (g + 1) * size])]
+        if len(present) != 1:
+            return f"saw generations {present}, expected exactly one"
+        g = present[0]
+        wrong = {a for a in answers[g * size : (g + 1) * size] if a != remediation(g)}
+        return f"generation {g} answered {wrong}, expected {remediation(g)}" if wrong else None
+
     def reader(slot: int) -> None:
-        # Every batch swaps one generation of addresses for the next: one batched lookup over
-        # all generations must always find exactly one whole generation.
-        while not done.is_set() or seen[slot] == 0:
-            hits = sum(r is not None for r in idx.lookup_many(every, now=NOW))
-            if hits != size:
-                errors.append(f"saw {hits} addresses, expected one whole generation of {size}")
-                return
-            assert idx.lookup(probes[0][0], now=NOW) in ("ban", None)
-            seen[slot] += 1
+        try:
+            while not done.is_set() or seen[slot] == 0:
+                problem = check(idx.lookup_many(every, now=NOW))
+                if problem is not None:
+                    errors.append(problem)
+                    return
+                seen[slot] += 1
+        except Exception as e:  # reaches the test instead of a thread warning
+            errors.append(f"{type(e).__name__}: {e}")
 
     readers = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
     for t in readers:
         t.start()
     for g in range(rounds):
-        idx.apply(add=probes[g + 1], remove=probes[g], now=NOW)
+        idx.apply(add=[(ip, remediation(g + 1)) for ip in probes[g + 1]], remove=probes[g], now=NOW)
     done.set()
     for t in readers:
         t.join(timeout=120)
@@ -50,6 +62,9 @@ def test_batches_are_atomic_for_concurrent_readers(size):
     assert not errors, errors[0]
     assert all(seen), "both readers ran"
     assert len(idx) == size
+    assert check(idx.lookup_many(every, now=NOW)) is None
+    assert check([None] * len(every)) is not None, "the check can fail"
+    assert check(["ban"] * len(every)) is not None, "the check can fail"
 
 
 def test_parallel_writers_lose_nothing():
