@@ -11,6 +11,7 @@ use crate::index::{Index, Op, Stored};
 use crate::parse::Net;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"CAPIFIDX";
@@ -188,7 +189,8 @@ pub fn decode(buf: &[u8]) -> Result<(Index, Vec<u8>)> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
-/// fsync of the directory. Readers see the old file or the new one, never a mix.
+/// fsync of the directory. Readers see the old file or the new one, never a mix. The file is
+/// 0600 (its owner only), as every file the package writes.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -200,7 +202,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(".{}.{}.{nanos}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        // Like the Python package's `files.write_atomic`: a new file only its owner can read.
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -114,3 +114,18 @@ def test_lock_excludes_other_processes(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     assert (tmp_path / "counter").read_text() == "600", "no lost update: the lock is exclusive across processes"
+
+
+def test_every_file_the_package_writes_is_its_owner_s_alone(tmp_path):
+    """One atomic write per language (files.write_atomic, the snapshot's), both 0600."""
+    from capi_fast import DecisionIndex
+    from capi_fast.files import write_atomic
+
+    write_atomic(tmp_path / "a.json", b"{}")
+    DecisionIndex().save(tmp_path / "b.snap")
+    for name in ("a.json", "b.snap"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.snap"], "no temporary file left"
+    with pytest.raises(StorageError):
+        write_atomic(tmp_path / "missing-dir" / "c.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.snap"]

@@ -24,6 +24,7 @@ from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import CapiFastError, ConfigurationError, SnapshotError, StorageError
 from capi_fast.export import FORMATS, check_set_name, render
+from capi_fast.files import write_atomic
 from capi_fast.lapi import LapiClient
 from capi_fast.storage import FileStorage
 
@@ -123,15 +124,7 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _remember(a: argparse.Namespace, scenarios: list[str], prefix: str) -> None:
-    path = Path(a.home) / _SETTINGS
-    tmp = path.with_suffix(".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"scenarios": scenarios, "prefix": prefix}, f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise StorageError(f"cannot write {path}: {e}") from None
+    write_atomic(Path(a.home) / _SETTINGS, json.dumps({"scenarios": scenarios, "prefix": prefix}).encode())
 
 
 def _client(a: argparse.Namespace) -> CapiClient:

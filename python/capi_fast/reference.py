@@ -11,13 +11,13 @@ import ipaddress
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from capi_fast.errors import InvalidDecision, InvalidIP, SnapshotError
+from capi_fast.files import write_atomic
 
 __all__ = ["ReferenceBatchResult", "ReferenceIndex", "parse_addr", "parse_net"]
 
@@ -411,13 +411,7 @@ class ReferenceIndex:
             "metadata": (metadata or b"").hex(),
             "decisions": [[format_net(n), o, r, e] for n, o, r, e in self._active(now_ms)],
         }
-        d = os.path.dirname(os.fspath(path)) or "."
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".ref-snapshot.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc).encode())
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> ReferenceIndex:

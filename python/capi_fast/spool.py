@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from capi_fast.errors import StorageError
+from capi_fast.files import write_atomic
 from capi_fast.spool_format import MAX_RECORD, Damage, encode, record_at, scan
 
 __all__ = ["Spool"]
@@ -330,17 +331,11 @@ class Spool:
             seg, off = self._segment, self._size
         self._acked = (seg, off)
         self._skipped = {(s, o) for s, o in self._skipped if (s, o) >= self._acked}
-        tmp = self.path / "ack.json.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"segment": seg, "offset": off, "skipped": sorted(self._skipped)}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / "ack.json")
-        except OSError as e:  # the previous ack.json stands: at worst accepted signals are resent
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StorageError(f"cannot save the signal spool's position in {self.path}: {e}") from None
+        # On failure (StorageError) the previous ack.json stands: at worst accepted signals are resent.
+        write_atomic(
+            self.path / "ack.json",
+            json.dumps({"segment": seg, "offset": off, "skipped": sorted(self._skipped)}).encode(),
+        )
         for p in self.path.glob("*.log"):
             if p.stem.isdigit() and int(p.stem) < seg:
                 p.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from capi_fast.errors import ConfigurationError, StorageError
+from capi_fast.files import write_atomic
 
 __all__ = [
     "MACHINE_ID_LENGTH",
@@ -204,23 +205,7 @@ class FileStorage:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return
-        tmp = self.directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(doc, sort_keys=True).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StorageError(f"cannot write {path}: {e}") from None
+        write_atomic(path, json.dumps(doc, sort_keys=True).encode())
 
     def load_credentials(self) -> Credentials | None:
         """The stored credentials, or None when none were ever stored."""

@@ -1,0 +1,42 @@
+"""Writing a file so that readers and crashes see the old content or the new one, never a mix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from capi_fast.errors import StorageError
+
+__all__ = ["write_atomic"]
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Replaces ``path`` with ``data``, atomically.
+
+    A new file (``mode``, 0600 by default) is written and fsynced, renamed over the old one, and
+    the directory fsynced, so the rename itself survives a power cut.
+
+    Raises:
+        StorageError: the file could not be written; the old content, if any, is intact and no
+            temporary file is left behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
