@@ -159,7 +159,7 @@ MEMORY = textwrap.dedent(
     """
     import json, resource, sys
     sys.path.insert(0, {benches!r})
-    from capi_fast.demo import synthetic_decisions
+    from capi_fast.workload import synthetic_decisions
     import bench_index as b
     items = synthetic_decisions({n}, {seed})
     hosts = [i for i in items if "/" not in i[0] and ":" not in i[0]]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from capi_fast.demo import synthetic_decisions
+from capi_fast.workload import synthetic_decisions
 
 N = int(os.environ.get("BENCH_N", "20000"))
 QUERIES = 100_000 if N >= 100_000 else 5_000

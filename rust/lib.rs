@@ -30,10 +30,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
 
+pub(crate) mod aggregate;
 pub(crate) mod batch;
 pub(crate) mod bits;
 pub mod error;
-pub(crate) mod export;
 pub(crate) mod hosts;
 pub mod index;
 pub mod parse;

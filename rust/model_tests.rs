@@ -262,8 +262,8 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
         let ban_id = ix.remediations().iter().position(|n| n == "ban").expect("ban interned") as u8;
         let ban = ix.rank_of(ban_id);
         let mut blocks = Vec::new();
-        for (a, b) in crate::export::runs(ix.active_prefixes(4, now), 32, ban) {
-            crate::export::run_to_cidrs(a, b, 32, &mut blocks);
+        for (a, b) in crate::aggregate::runs(ix.active_prefixes(4, now), 32, ban) {
+            crate::aggregate::run_to_cidrs(a, b, 32, &mut blocks);
         }
         for x in 0..(4u32 << 16) {
             let a = 0x0a00_0000 | x;

@@ -222,8 +222,8 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "demo":
         run_demo(decisions=a.decisions, seed=a.seed, out=sys.stdout)
     elif a.command == "simulate":
-        from capi_fast.demo import synthetic_decisions
         from capi_fast.testing import CapiSimulator
+        from capi_fast.workload import synthetic_decisions
 
         sim = CapiSimulator(port=a.port)
         try:

@@ -3,9 +3,9 @@
 use super::breathe::{list_of, Breather};
 use super::convert::{addr_text, clock, expiry, ms, name_text, opt_f64, text, text_of, to_py};
 use super::stream::ParsedStream;
+use crate::aggregate;
 use crate::batch::{AddItem, Batch, Outcome, RemoveItem};
 use crate::error::Error;
-use crate::export;
 use crate::index::{AddRule, Index};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
 use crate::shared::Shared;
@@ -434,8 +434,8 @@ impl PyDecisionIndex {
         let cidrs: Vec<String> = py.detach(|| {
             let bits = if family == 4 { 32 } else { 128 };
             let mut blocks = Vec::new();
-            for (a, b) in export::runs(ix.active_prefixes(family, now), bits, want) {
-                export::run_to_cidrs(a, b, bits, &mut blocks);
+            for (a, b) in aggregate::runs(ix.active_prefixes(family, now), bits, want) {
+                aggregate::run_to_cidrs(a, b, bits, &mut blocks);
             }
             blocks
                 .into_iter()
