@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
-__all__ = ["synthetic_decisions"]
+__all__ = ["community_blocklist", "mostly_clean_queries", "synthetic_decisions"]
 
 
 def synthetic_decisions(n: int, seed: int) -> list[tuple[str, str, float, str]]:
@@ -35,3 +35,43 @@ def synthetic_decisions(n: int, seed: int) -> list[tuple[str, str, float, str]]:
                     (str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI")
                 )
     return out
+
+
+def community_blocklist(n: int, seed: int) -> list[tuple[str, str, float, str]]:
+    """The community blocklist's shape: ``(value, remediation, ttl, origin)`` items.
+
+    What CAPI sends: almost only single IPv4 addresses; about 0.3% ranges, almost all /24 or
+    longer (a few /16 to /23); about 0.2% IPv6, mostly /128 with some /64. All ``ban``.
+    """
+    rng = random.Random(seed)
+    out: list[tuple[str, str, float, str]] = []
+    for _ in range(n):
+        roll = rng.random()
+        ttl = rng.uniform(3600, 7 * 86400)
+        if roll < 0.995:
+            out.append((str(ipaddress.IPv4Address(rng.getrandbits(32))), "ban", ttl, "CAPI"))
+        elif roll < 0.998:
+            length = rng.choice([16, 20, 22, 23] + [24] * 20 + list(range(25, 32)) * 2)
+            net = ipaddress.IPv4Network((rng.getrandbits(32) >> (32 - length) << (32 - length), length))
+            out.append((str(net), "ban", ttl, "CAPI"))
+        else:
+            v = (0x2001 << 112) | rng.getrandbits(100)
+            length = 128 if rng.random() < 0.8 else 64
+            out.append(
+                (str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI")
+            )
+    return out
+
+
+def mostly_clean_queries(items: list[tuple[str, str, float, str]], n: int, seed: int, hits: float = 0.05) -> list[str]:
+    """``n`` IPv4 queries as a proxy sees them, shuffled.
+
+    ``hits`` of them are listed addresses, the rest random addresses (almost all clean, i.e.
+    covered by nothing).
+    """
+    rng = random.Random(seed)
+    listed = [v for v, *_ in items if "/" not in v and ":" not in v]
+    listed_n = min(len(listed), int(n * hits))
+    q = rng.sample(listed, listed_n) + [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(n - listed_n)]
+    rng.shuffle(q)
+    return q
