@@ -27,14 +27,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
-import random
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +46,9 @@ from capi_fast.errors import (
     ConfigurationError,
     InvalidMetrics,
     InvalidSignal,
-    RateLimitError,
     ServerError,
 )
+from capi_fast.http_policy import HttpPolicy, check_seconds
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink, parse_allowlist, parse_blocklist
 from capi_fast.metrics import METRICS_INTERVAL, Activity, capi_metrics, metrics_problem
 from capi_fast.signals import MAX_SIGNALS_PER_CALL, Signal, parse_rfc3339, scenario_problem
@@ -114,14 +112,6 @@ def _refused(e: CapiError) -> bool:
     return e.status == 500 or (e.status is not None and 400 <= e.status < 500 and e.status != 429)
 
 
-def _check_seconds(name: str, value: object, positive: bool = False) -> None:
-    """ConfigurationError unless ``value`` is a finite number of seconds (> 0 with ``positive``, else >= 0)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
-        bound = "more than 0" if positive else "0 or more"
-        raise ConfigurationError(f"{name} must be a number of seconds, {bound}, got {value!r}")
-
-
 def _split_version(url: str) -> tuple[str, str | None]:
     """``https://api.crowdsec.net/v3/`` -> (``https://api.crowdsec.net/``, ``v3``).
 
@@ -139,22 +129,8 @@ def _product(user_agent: str) -> tuple[str, str]:
     return name, version or "unknown"
 
 
-class _Retry(Exception):
-    """A transient failure: wait ``delay`` (or the backoff) and try again."""
-
-    def __init__(self, error: CapiError, retry_after: float | None = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
-
-
 class _BaseClient:
     """Configuration, rules and wire formats shared by the sync and async clients."""
-
-    #: CAPI clients need a scenario list (crowdsec pulls nothing without one); LAPI clients do not.
-    _needs_scenarios = True
-    #: The service named in errors.
-    _service = "CAPI"
 
     def __init__(
         self,
@@ -182,7 +158,7 @@ class _BaseClient:
         if isinstance(scenarios, str):
             raise ConfigurationError("scenarios must be a list of names, not one str")
         scenarios = list(scenarios)
-        if self._needs_scenarios and not scenarios:
+        if not scenarios:
             raise ConfigurationError(
                 "scenarios must name at least one scenario your software detects (e.g. ['mywaf/login-bruteforce']): "
                 "CAPI shares no decisions with a machine that declares none"
@@ -193,18 +169,18 @@ class _BaseClient:
                 raise ConfigurationError(problem)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be a whole number, 0 or more, got {retries!r}")
-        _check_seconds("timeout", timeout, positive=True)
-        for name, value in (
-            ("backoff", backoff),
-            ("max_backoff", max_backoff),
-            ("max_retry_after", max_retry_after),
-            ("renew_before", renew_before),
-        ):
-            _check_seconds(name, value)
+        self.policy = HttpPolicy(
+            "CAPI",
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            clock=clock,
+        )
+        check_seconds("renew_before", renew_before)
         if metrics_interval is not None:
-            _check_seconds("metrics_interval", metrics_interval, positive=True)
+            check_seconds("metrics_interval", metrics_interval, positive=True)
         base_url, url_version = _split_version(base_url)
         if api_version is None:
             api_version = url_version or "v3"
@@ -219,11 +195,6 @@ class _BaseClient:
         self.machine_id_prefix = machine_id_prefix
         self.base_url = base_url
         self.api_version = api_version
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
         self.renew_before = renew_before
         self.reset_credentials = reset_credentials
         self.clock = clock
@@ -231,7 +202,16 @@ class _BaseClient:
         self.metrics_interval = metrics_interval
         self._metrics_due: float | None = None  # None: not before the next login
         self._metrics_lock = threading.Lock()
-        self._rng = random.Random()
+
+    @property
+    def timeout(self) -> float:
+        """Seconds per HTTP call."""
+        return self.policy.timeout
+
+    @property
+    def retries(self) -> int:
+        """Retries of a transient failure."""
+        return self.policy.retries
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, user_agent={self.user_agent!r})"
@@ -372,51 +352,6 @@ class _BaseClient:
             h["Authorization"] = f"Bearer {token.token}"
         return h
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        base: float = min(self.max_backoff, self.backoff * (2.0**attempt))
-        return base * (0.5 + 0.5 * self._rng.random())
-
-    def _failed(self, what: str, e: Exception, attempt: int) -> float:
-        """Classifies a failed attempt: raises the typed error if it was the last, else the delay."""
-        if isinstance(e, _Retry):
-            failure: CapiError = e.error
-            delay = self._delay(attempt, e.retry_after)
-        elif isinstance(e, httpx.TimeoutException):
-            failure = ServerError(f"{what}: {self._service} did not answer within {self.timeout} s")
-            delay = self._delay(attempt, None)
-        else:
-            failure = ServerError(f"{what}: cannot reach {self._service} ({type(e).__name__})")
-            delay = self._delay(attempt, None)
-        if attempt == self.retries:
-            raise failure from None
-        log.info("%s failed (%s); retry %d/%d in %.2f s", what, failure, attempt + 1, self.retries, delay)
-        return delay
-
-    def _check(self, r: httpx.Response, what: str, raw: bool = False) -> Any:
-        """The parsed JSON (or with ``raw`` the bytes) of a successful answer; raises or asks for a retry otherwise."""
-        if r.status_code == 429:
-            retry_after = _retry_after(r.headers.get("Retry-After"), self.clock())
-            err = RateLimitError(f"{what}: {self._service} answered 429 Too Many Requests", 429, retry_after)
-            if retry_after is not None and retry_after > self.max_retry_after:
-                raise err
-            raise _Retry(err, retry_after)
-        if r.status_code >= 500:
-            raise _Retry(ServerError(f"{what}: {self._service} answered {r.status_code}", r.status_code))
-        if r.status_code in (401, 403):
-            raise AuthenticationError(f"{what}: {self._service} answered {r.status_code}: {_message(r)}", r.status_code)
-        if r.status_code >= 400:
-            raise CapiError(f"{what}: {self._service} answered {r.status_code}: {_message(r)}", r.status_code)
-        if raw:
-            return r.content
-        if not r.content:
-            return None
-        try:
-            return orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            raise _Retry(ServerError(f"{what}: {self._service}'s answer is not valid JSON", r.status_code)) from None
-
     @staticmethod
     def _signal_payloads(signals: Iterable[Signal]) -> list[dict[str, Any]]:
         """Payloads of ``signals`` (machine_id filled at send time); raises before any call."""
@@ -480,7 +415,7 @@ class _BaseClient:
     def _list_answer(self, r: httpx.Response, what: str) -> None:
         """Raises (or asks for a retry) unless a list download answered 200 or 304."""
         if r.status_code not in (200, 304):
-            self._check(r, what)
+            self.policy.check(r, what)
             raise CapiError(f"{what}: unexpected status {r.status_code}", r.status_code)
 
     def _list_headers(self, if_modified_since: str | float | None) -> dict[str, str]:
@@ -514,53 +449,6 @@ def _checked_metrics(metrics: Any) -> dict[str, Any]:
 
 def _startup(startup: bool) -> dict[str, str] | None:
     return {"startup": "true"} if startup else None
-
-
-def _message(r: httpx.Response) -> str:
-    try:
-        doc = orjson.loads(r.content)
-        message = doc.get("message") if isinstance(doc, dict) else None
-        if isinstance(message, str):
-            return message[:200]
-    except orjson.JSONDecodeError:
-        pass
-    return r.text[:200]
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError):
-            return None
-
-
-def _run_attempts(client: _BaseClient, what: str, fn: Callable[[], Any], sleep: Callable[[float], None]) -> Any:
-    """Runs ``fn`` with the client's retry policy (the sync clients' shared loop)."""
-    for attempt in range(client.retries + 1):
-        try:
-            return fn()
-        except (_Retry, httpx.TransportError) as e:
-            delay = client._failed(what, e, attempt)
-        sleep(delay)
-    raise AssertionError("unreachable")
-
-
-async def _run_attempts_async(
-    client: _BaseClient, what: str, fn: Callable[[], Awaitable[Any]], sleep: Callable[[float], Awaitable[None]]
-) -> Any:
-    """Awaits ``fn`` with the client's retry policy (the async clients' shared loop)."""
-    for attempt in range(client.retries + 1):
-        try:
-            return await fn()
-        except (_Retry, httpx.TransportError) as e:
-            delay = client._failed(what, e, attempt)
-        await sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def _spool_path(storage: Storage) -> Path | None:
@@ -631,14 +519,14 @@ class CapiClient(_BaseClient):
         self.close()
 
     def _attempts(self, what: str, fn: Callable[[], Any]) -> Any:
-        return _run_attempts(self, what, fn, self._sleep)
+        return self.policy.run(what, fn, self._sleep)
 
     def _post_public(self, call: _Public) -> Any:
         def once() -> Any:
             r = self._http.post(
                 self._url(call.path), content=orjson.dumps(call.body), headers=self._headers(None, body=True)
             )
-            return self._check(r, call.what)
+            return self.policy.check(r, call.what)
 
         return self._attempts(call.what, once)
 
@@ -683,7 +571,7 @@ class CapiClient(_BaseClient):
                 r = self._http.request(
                     method, self._url(call), content=content, params=params, headers=self._headers(token, body)
                 )
-            return self._check(r, what, raw)
+            return self.policy.check(r, what, raw)
 
         return self._attempts(what, once)
 
@@ -846,14 +734,14 @@ class AsyncCapiClient(_BaseClient):
         await self.aclose()
 
     async def _attempts(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        return await _run_attempts_async(self, what, fn, self._sleep)
+        return await self.policy.run_async(what, fn, self._sleep)
 
     async def _post_public(self, call: _Public) -> Any:
         async def once() -> Any:
             r = await self._http.post(
                 self._url(call.path), content=orjson.dumps(call.body), headers=self._headers(None, body=True)
             )
-            return self._check(r, call.what)
+            return self.policy.check(r, call.what)
 
         return await self._attempts(call.what, once)
 
@@ -899,7 +787,7 @@ class AsyncCapiClient(_BaseClient):
                 r = await self._http.request(
                     method, self._url(call), content=content, params=params, headers=self._headers(token, body)
                 )
-            return self._check(r, what, raw)
+            return self.policy.check(r, what, raw)
 
         return await self._attempts(what, once)
 

@@ -1,8 +1,9 @@
 """Clients of CrowdSec's Local API (LAPI) for bouncers: the decisions stream with an API key.
 
 A ``RemediationEngine`` can take its decisions from a LAPI instead of CAPI, so a fleet shares one
-CrowdSec deployment. ``LapiClient`` and ``AsyncLapiClient`` share the rules (headers, retry policy,
-errors) with the CAPI clients; the async one only awaits the I/O.
+CrowdSec deployment. ``LapiClient`` and ``AsyncLapiClient`` share their rules (``_LapiRules``) and
+the HTTP policy of every client (``capi_fast.http_policy``: retries, backoff, errors naming
+LAPI); the async one only awaits the I/O.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import httpx
 import orjson
 
-from capi_fast.client import _BaseClient, _run_attempts, _run_attempts_async
+from capi_fast._native import __version__
 from capi_fast.errors import CapiError, ConfigurationError, ServerError
+from capi_fast.http_policy import HttpPolicy
 from capi_fast.lists import Allowlist, Blocklist
 
 __all__ = ["AsyncLapiClient", "LapiClient"]
@@ -24,11 +26,8 @@ __all__ = ["AsyncLapiClient", "LapiClient"]
 _WHAT = "LAPI decisions stream"
 
 
-class _LapiRules(_BaseClient):
+class _LapiRules:
     """What both LAPI clients share: the key check, the request, the answer checks."""
-
-    _needs_scenarios = False
-    _service = "LAPI"
 
     def __init__(
         self,
@@ -38,20 +37,34 @@ class _LapiRules(_BaseClient):
         user_agent: str = "capi-fast-bouncer",
         timeout: float = 10.0,
         retries: int = 2,
-        **config: Any,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 120.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(api_key, str) or not api_key or any(c in api_key for c in "\r\n"):
             raise ConfigurationError("api_key is required: create one with `cscli bouncers add NAME`")
-        super().__init__(
-            user_agent=user_agent,
-            scenarios=[],
-            base_url=base_url,
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if not isinstance(user_agent, str) or not user_agent.strip() or any(c in user_agent for c in "\r\n"):
+            raise ConfigurationError("user_agent must name your bouncer (e.g. 'mywaf-bouncer/1.0')")
+        self.policy = HttpPolicy(
+            "LAPI",
             timeout=timeout,
             retries=retries,
-            metrics_interval=None,
-            **config,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            clock=clock,
         )
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.user_agent = f"{user_agent.strip()} capi-fast/{__version__}"
         self._api_key = api_key
+
+    @property
+    def timeout(self) -> float:
+        """Seconds per HTTP call."""
+        return self.policy.timeout
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -97,7 +110,7 @@ class LapiClient(_LapiRules):
         sleep: Callable[[float], None] = time.sleep,
         **config: Any,
     ) -> None:
-        super().__init__(base_url, api_key, **config)
+        super().__init__(base_url, api_key, **config)  # the options _LapiRules takes
         self._sleep = sleep
         self._http = httpx.Client(timeout=self.timeout, transport=transport, follow_redirects=False)
 
@@ -120,9 +133,9 @@ class LapiClient(_LapiRules):
         url, params, headers = self._request(startup)
 
         def once() -> Any:
-            return self._check(self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+            return self.policy.check(self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
 
-        body: bytes = _run_attempts(self, _WHAT, once, self._sleep)
+        body: bytes = self.policy.run(_WHAT, once, self._sleep)
         return body
 
     def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
@@ -169,9 +182,9 @@ class AsyncLapiClient(_LapiRules):
         url, params, headers = self._request(startup)
 
         async def once() -> Any:
-            return self._check(await self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+            return self.policy.check(await self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
 
-        body: bytes = await _run_attempts_async(self, _WHAT, once, self._sleep)
+        body: bytes = await self.policy.run_async(_WHAT, once, self._sleep)
         return body
 
     async def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
