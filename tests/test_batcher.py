@@ -301,3 +301,35 @@ def test_the_async_batcher_backs_off_on_any_failure_too(sim):
             return backoffs
 
     assert asyncio.run(main()) == [10, 20, 40]
+
+
+@pytest.mark.parametrize("twin", ["thread", "asyncio"])
+def test_both_twins_flush_with_a_deadline_and_keep_the_rest(sim, twin):
+    """One send rule for both senders: a flush out of time stops after the batch in flight and
+    the rest stays queued (the asyncio flush had no timeout before)."""
+    if twin == "thread":
+        with client_for(sim) as c:
+            b = SignalBatcher(c, None, start=False)
+            for i in range(600):
+                b.add(sig(i))
+            assert b.flush(timeout=0) is False
+            left = len(b.spool)
+            assert b.flush() is True
+    else:
+
+        async def main() -> int:
+            async with AsyncCapiClient(
+                user_agent="t/1", scenarios=["mywaf/login-bruteforce"], base_url=sim.url, storage=MemoryStorage()
+            ) as c:
+                b = c.signal_batcher(path=None)
+                for i in range(600):
+                    b.add(sig(i))
+                assert await b.flush(timeout=0) is False
+                queued = len(b.spool)
+                assert await b.flush() is True
+                await b.aclose(timeout=5)
+                return queued
+
+        left = asyncio.run(main())
+    assert left == 350, "one call of 250 went, the rest waited"
+    assert signal_calls(sim) == [200, 200, 200] and len(sim.signals) == 600, "three calls, nothing twice"

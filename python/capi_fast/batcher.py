@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,28 @@ class _Base:
 
     def _due(self) -> bool:
         return bool(len(self.spool)) and self.schedule.wait(len(self.spool)) <= 0
+
+    def _send_plan(self) -> Generator[list[dict[str, Any]], Exception | None, bool]:
+        """One send, without its I/O; both senders drive it, one awaiting the push.
+
+        Yields the payloads to push, receives the push's error (or None), returns True on success
+        or when there was nothing to send.
+        """
+        try:
+            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+        except Exception as e:  # the spool itself failed (files removed, disk error)
+            self._result(0, e)
+            return False
+        if not batch:
+            return True
+        error = yield [p for _, p in batch]
+        return self._done(batch, error)
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> Callable[[], bool]:
+        """Whether ``timeout`` seconds (None: never) have passed since now."""
+        end = None if timeout is None else time.monotonic() + timeout
+        return lambda: end is not None and time.monotonic() > end
 
     def _done(self, batch: list[tuple[int, dict[str, Any]]], error: Exception | None) -> bool:
         """Records a send: acks the batch if CAPI accepted it; True on success."""
@@ -196,18 +218,18 @@ class SignalBatcher(_Base):
     def _send_batch(self) -> bool:
         """Sends the oldest batch; True on success (or nothing to send)."""
         with self._send_lock:
+            plan = self._send_plan()
             try:
-                batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
-            except Exception as e:  # the spool itself failed (files removed, disk error)
-                self._result(0, e)
-                return False
-            if not batch:
-                return True
-            try:
-                self.client.push_signal_payloads([p for _, p in batch])
-            except Exception as e:  # any failure keeps the batch queued and backs off
-                return self._done(batch, e)
-            return self._done(batch, None)
+                payloads = next(plan)
+                error: Exception | None = None
+                try:
+                    self.client.push_signal_payloads(payloads)
+                except Exception as e:  # any failure keeps the batch queued and backs off
+                    error = e
+                plan.send(error)
+            except StopIteration as done:
+                return bool(done.value)
+            raise AssertionError("a send plan yields once")
 
     def send_due(self) -> bool:
         """Sends one batch if the schedule says it is due; True if it sent one.
@@ -222,11 +244,9 @@ class SignalBatcher(_Base):
 
     def flush(self, timeout: float | None = None) -> bool:
         """Sends everything queued now, ignoring the schedule; False if a send failed or time ran out."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        expired = self._deadline(timeout)
         while len(self.spool):
-            if not self._send_batch():
-                return False
-            if deadline is not None and time.monotonic() > deadline:
+            if not self._send_batch() or expired():
                 return False
         return True
 
@@ -297,18 +317,18 @@ class AsyncSignalBatcher(_Base):
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            plan = self._send_plan()
             try:
-                batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
-            except Exception as e:  # the spool itself failed (files removed, disk error)
-                self._result(0, e)
-                return False
-            if not batch:
-                return True
-            try:
-                await self.client.push_signal_payloads([p for _, p in batch])
-            except Exception as e:  # any failure keeps the batch queued and backs off
-                return self._done(batch, e)
-            return self._done(batch, None)
+                payloads = next(plan)
+                error: Exception | None = None
+                try:
+                    await self.client.push_signal_payloads(payloads)
+                except Exception as e:  # any failure keeps the batch queued and backs off
+                    error = e
+                plan.send(error)
+            except StopIteration as done:
+                return bool(done.value)
+            raise AssertionError("a send plan yields once")
 
     async def send_due(self) -> bool:
         """Sends one batch if due; True if it sent one. Also lets the client send CAPI metrics when due."""
@@ -318,10 +338,11 @@ class AsyncSignalBatcher(_Base):
         await self._send_batch()
         return True
 
-    async def flush(self) -> bool:
-        """Sends everything queued now; False if a send failed."""
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Sends everything queued now, ignoring the schedule; False if a send failed or time ran out."""
+        expired = self._deadline(timeout)
         while len(self.spool):
-            if not await self._send_batch():
+            if not await self._send_batch() or expired():
                 return False
         return True
 
@@ -345,15 +366,16 @@ class AsyncSignalBatcher(_Base):
             except Exception as e:  # the sender must survive anything: backed off, counted, logged once a step
                 self._result(0, e)
 
-    async def aclose(self, flush: bool = True) -> None:
-        """Stops the sender task, then with ``flush`` delivers what is queued.
+    async def aclose(self, flush: bool = True, timeout: float = 30.0) -> None:
+        """Stops the sender task, then with ``flush`` first tries to deliver what is queued.
 
-        A send in flight is let finish rather than cancelled, so nothing is sent twice.
+        A send in flight is let finish rather than cancelled, so nothing is sent twice; what is
+        still queued after ``timeout`` stays in the spool for the next start.
         """
         self._closing = True
         if self._task is not None and self._event is not None:
             self._event.set()
             await self._task
         if flush:
-            await self.flush()
+            await self.flush(timeout)
         self.spool.close()
