@@ -13,7 +13,8 @@ import time
 
 from capi_fast._native import parse_stream
 from capi_fast.client import AsyncCapiClient
-from capi_fast.engine import RefreshReport, _Engine, _ListPlan
+from capi_fast.engine import RefreshReport, _Engine
+from capi_fast.engine_lists import ListPlan
 from capi_fast.errors import CapiError
 from capi_fast.lapi import AsyncLapiClient
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist
@@ -56,7 +57,7 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
         return lock
 
     @staticmethod
-    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: _ListPlan) -> Blocklist | Allowlist | Exception:
+    async def _fetch(source: AsyncCapiClient | AsyncLapiClient, plan: ListPlan) -> Blocklist | Allowlist | Exception:
         try:
             if isinstance(plan.link, AllowlistLink):
                 return await source.fetch_allowlist(plan.link, if_modified_since=plan.since)

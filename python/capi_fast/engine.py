@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
@@ -29,6 +29,7 @@ import orjson
 
 from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
 from capi_fast.client import CapiClient
+from capi_fast.engine_lists import ALLOW, ListBatch, ListPlan, RefreshState, allow_key, state_from
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError
 from capi_fast.lapi import AsyncLapiClient, LapiClient
 from capi_fast.lists import (
@@ -48,8 +49,6 @@ __all__ = ["ALLOW", "BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "Remediation
 log = logging.getLogger("capi_fast.engine")
 
 BYPASS = "bypass"
-#: The remediation of allowlist entries: it outranks every other and answers ``bypass``.
-ALLOW = "allow"
 #: The vendor's minimum between two CAPI refreshes, in seconds.
 MIN_CAPI_INTERVAL = 2 * 3600.0
 _LEVELS = ("normal", "flex", "disabled")
@@ -88,130 +87,6 @@ class RefreshReport:
     next_refresh_at: float = 0.0
     error: str | None = None
     snapshot_saved: bool = True
-
-
-@dataclass(frozen=True)
-class _ListPlan:
-    """A list to download: its link and the Last-Modified we hold."""
-
-    link: BlocklistLink | AllowlistLink
-    since: str | None
-
-    @property
-    def name(self) -> str:
-        return self.link.name
-
-
-@dataclass
-class _State:
-    startup_done: bool = False
-    last_refresh: float = 0.0
-    # blocklist name -> {"last_modified", "remediation", "values"}
-    lists: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # "id:<id>" (or "name:<name>") -> {"name", "last_modified", "entries": [[value, expires_at or None], ...]}
-    allowlists: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _state_from(doc: Any) -> _State:
-    """The refresh state saved in a snapshot's metadata; raises TypeError/ValueError on a wrong shape."""
-    if not isinstance(doc, dict):
-        raise TypeError(f"metadata is a {type(doc).__name__}, not an object")
-    lists, allowlists = doc.get("lists", {}), doc.get("allowlists", {})
-    for name, table in (("lists", lists), ("allowlists", allowlists)):
-        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-            raise TypeError(f"{name} is not an object of objects")
-    last = doc.get("last_refresh", 0.0)
-    if isinstance(last, bool) or not isinstance(last, int | float):
-        raise TypeError("last_refresh is not a number")
-    return _State(
-        startup_done=bool(doc.get("startup_done")),
-        last_refresh=float(last),
-        lists={str(k): dict(v) for k, v in lists.items()},
-        allowlists={str(k): dict(v) for k, v in allowlists.items()},
-    )
-
-
-def _allow_key(link: AllowlistLink) -> str:
-    """Allowlists are told apart by CAPI's id (crowdsec stores them by id): two may share a name."""
-    return f"id:{link.id}" if link.id else f"name:{link.name}"
-
-
-class _ListBatch:
-    """The index operations of one refresh's list downloads, and what to report of them."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.adds: list[tuple[str, str, float | None, str]] = []
-        self.removes: list[tuple[str, str | None, str | None]] = []
-        self.updated: list[str] = []
-        self.renewed: list[str] = []
-        self.removed: list[str] = []
-        self.errors: list[str] = []
-        self.skipped = 0
-        self.allow_names_dropped: set[str] = set()
-        self.allow_written: set[str] = set()
-
-    def drop_blocklist(self, name: str, info: dict[str, Any]) -> None:
-        """Removes a blocklist that left the links."""
-        self.removes.extend((v, f"lists:{name}", info.get("remediation")) for v in info.get("values", []))
-        self.removed.append(name)
-
-    def blocklist(
-        self, link: BlocklistLink, got: Blocklist, state: dict[str, dict[str, Any]], remediation: str
-    ) -> None:
-        prev = state.get(link.name) or {}
-        origin = f"lists:{link.name}"
-        renewed = not got.modified and bool(prev)  # a 304: still published, re-added with a fresh duration
-        values = list(prev.get("values", [])) if renewed else got.values
-        if not renewed:
-            self.skipped += got.skipped
-        if prev and (got.modified or prev.get("remediation") != remediation):
-            self.removes.extend((v, origin, prev.get("remediation")) for v in prev.get("values", []))
-        self.adds.extend((v, remediation, link.duration, origin) for v in values)
-        last_modified = prev.get("last_modified") if renewed else got.last_modified
-        state[link.name] = {"last_modified": last_modified, "remediation": remediation, "values": values}
-        (self.renewed if renewed else self.updated).append(link.name)
-
-    def allowlist(self, link: AllowlistLink, got: Allowlist, state: dict[str, dict[str, Any]]) -> None:
-        key = _allow_key(link)
-        prev = state.get(key)
-        if not got.modified and prev is not None:
-            return  # entries carry their own expiry: nothing to renew
-        if prev is not None:
-            self.drop_allow(prev)
-        entries = []
-        for value, expires in got.entries:
-            if expires is not None and expires <= self.now:
-                self.skipped += 1
-                continue
-            entries.append([value, expires])
-        state[key] = {"name": link.name, "last_modified": got.last_modified, "entries": entries}
-        self.add_allow(key, state[key])
-        self.skipped += got.skipped
-        self.updated.append(link.name)
-
-    def drop_allow(self, info: dict[str, Any]) -> None:
-        """Removes an allowlist's entries (a list of the same name re-adds its own: see ``restore_allow``)."""
-        name = str(info.get("name", ""))
-        self.removes.extend((e[0], f"lists:{name}", ALLOW) for e in info.get("entries", []))
-        self.allow_names_dropped.add(name)
-
-    def add_allow(self, key: str, info: dict[str, Any]) -> None:
-        origin = f"lists:{info.get('name', '')}"
-        for value, expires in info.get("entries", []):
-            if expires is None or expires > self.now:
-                self.adds.append((value, ALLOW, None if expires is None else expires - self.now, origin))
-        self.allow_written.add(key)
-
-    def restore_allow(self, state: dict[str, dict[str, Any]]) -> None:
-        """Re-adds the entries of unchanged allowlists sharing a name with one whose entries were removed.
-
-        Entries of lists of one name share the origin ``lists:<name>``; removals apply before
-        additions, so re-adding keeps a value another list of that name still allows.
-        """
-        for key, info in state.items():
-            if key not in self.allow_written and info.get("name") in self.allow_names_dropped:
-                self.add_allow(key, info)
 
 
 _Source = TypeVar("_Source")
@@ -256,7 +131,7 @@ class _Engine(Generic[_Source]):
         self.min_interval = min_interval
         self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
         self.clock = clock
-        self.state = _State()
+        self.state = RefreshState()
         self._refreshing = threading.Lock()  # one refresh at a time (the async engine uses its own lock)
         self._seen: tuple[int, int, int] | None = None
         self._rebuild = False  # the next refresh builds a fresh index (the loaded one is not trusted)
@@ -416,7 +291,7 @@ class _Engine(Generic[_Source]):
         log.warning("refresh failed, still serving the previous decisions: %s", e)
         return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
 
-    def _list_plans(self, parsed: ParsedStream) -> tuple[list[_ListPlan], int] | None:
+    def _list_plans(self, parsed: ParsedStream) -> tuple[list[ListPlan], int] | None:
         """The lists to download from the stream answer's links, and how many links were unusable.
 
         None when the links member cannot be read at all: the lists then stay as they are (an
@@ -434,10 +309,10 @@ class _Engine(Generic[_Source]):
         plans = []
         for link in blocklists:
             prev = self.state.lists.get(link.name)
-            plans.append(_ListPlan(link, prev.get("last_modified") if prev else None))
+            plans.append(ListPlan(link, prev.get("last_modified") if prev else None))
         for allow in allowlists:
-            prev = self.state.allowlists.get(_allow_key(allow))
-            plans.append(_ListPlan(allow, prev.get("last_modified") if prev else None))
+            prev = self.state.allowlists.get(allow_key(allow))
+            plans.append(ListPlan(allow, prev.get("last_modified") if prev else None))
         skipped = bad_blocklists + bad_allowlists
         if skipped:
             log.warning(
@@ -452,7 +327,7 @@ class _Engine(Generic[_Source]):
     def _commit(
         self,
         parsed: ParsedStream,
-        plans: list[_ListPlan] | None,
+        plans: list[ListPlan] | None,
         fetched: Sequence[Blocklist | Allowlist | Exception],
         startup: bool,
         started: float,
@@ -508,7 +383,7 @@ class _Engine(Generic[_Source]):
     def _apply_all(
         self,
         parsed: ParsedStream,
-        plans: list[_ListPlan],
+        plans: list[ListPlan],
         fetched: Sequence[Blocklist | Allowlist | Exception],
         startup: bool,
         started: float,
@@ -521,7 +396,7 @@ class _Engine(Generic[_Source]):
         lapse; a 304 says the same at no cost).
         """
         now = self.clock()
-        batch = _ListBatch(now)
+        batch = ListBatch(now)
         lists = {name: dict(info) for name, info in self.state.lists.items()}
         allowlists = {name: dict(info) for name, info in self.state.allowlists.items()}
         for plan, got in zip(plans, fetched, strict=True):
@@ -534,7 +409,7 @@ class _Engine(Generic[_Source]):
             elif isinstance(plan.link, AllowlistLink) and isinstance(got, Allowlist):
                 batch.allowlist(plan.link, got, allowlists)
         seen_blocklists = {p.name for p in plans if isinstance(p.link, BlocklistLink)}
-        seen_allowlists = {_allow_key(p.link) for p in plans if isinstance(p.link, AllowlistLink)}
+        seen_allowlists = {allow_key(p.link) for p in plans if isinstance(p.link, AllowlistLink)}
         for name in [n for n in lists if n not in seen_blocklists]:
             batch.drop_blocklist(name, lists.pop(name))
         for key in [k for k in allowlists if k not in seen_allowlists]:
@@ -618,7 +493,7 @@ class _Engine(Generic[_Source]):
             )
             return
         try:
-            state = _state_from(doc)
+            state = state_from(doc)
         except (TypeError, ValueError, AttributeError) as e:
             # The decisions are fine, the refresh state is not: answer from them (never fail open)
             # while a startup pull rebuilds a fresh index.
@@ -627,7 +502,7 @@ class _Engine(Generic[_Source]):
                 self.snapshot_path,
                 e,
             )
-            state, self._rebuild = _State(), True
+            state, self._rebuild = RefreshState(), True
         if index.priorities == self.priorities and index.priorities != self._index_priorities:
             # Written before allowlists existed (no "allow" rank, so no allowlist entry): keep
             # answering from it, and let a startup pull rebuild it in the current layout.
@@ -635,7 +510,7 @@ class _Engine(Generic[_Source]):
                 "snapshot %s predates allowlists: serving it until a startup pull rebuilds it", self.snapshot_path
             )
             self.index = index
-            self.state = _State()
+            self.state = RefreshState()
             self.snapshot_error = None  # its decisions are served
             return
         if index.priorities != self._index_priorities:
@@ -702,7 +577,7 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
             return self._commit(parsed, plans, fetched, startup, started, bad_links)
 
     @staticmethod
-    def _fetch(source: CapiClient | LapiClient, plan: _ListPlan) -> Blocklist | Allowlist | Exception:
+    def _fetch(source: CapiClient | LapiClient, plan: ListPlan) -> Blocklist | Allowlist | Exception:
         try:
             if isinstance(plan.link, AllowlistLink):
                 return source.fetch_allowlist(plan.link, if_modified_since=plan.since)
