@@ -32,10 +32,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+import capi_fast.testing.jwt as jwt
 from capi_fast.client import ATTACHMENT_KEY_RE
 from capi_fast.metrics import metrics_problem
 from capi_fast.signals import format_duration, rfc3339
-from capi_fast.testing import jwt
 from capi_fast.testing.schema import login_problem, signal_problem, usage_metrics_problem
 
 __all__ = ["CapiSimulator", "Fault", "Logged"]
