@@ -18,17 +18,13 @@ malformed or truncated JSON), and read back ``signals``, ``metrics``, ``usage_me
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -36,95 +32,21 @@ import capi_fast.testing.jwt as jwt
 from capi_fast.client import ATTACHMENT_KEY_RE
 from capi_fast.metrics import metrics_problem
 from capi_fast.signals import format_duration, rfc3339
+from capi_fast.testing.http_handler import Handler as _Handler
+from capi_fast.testing.records import (
+    MACHINE_ID,
+    ROUTE,
+    Fault,
+    Logged,
+    _Allowlist,
+    _Blocklist,
+    _Decision,
+    _scope,
+    _Watcher,
+)
 from capi_fast.testing.schema import login_problem, signal_problem, usage_metrics_problem
 
 __all__ = ["CapiSimulator", "Fault", "Logged"]
-
-MAX_BODY = 16 << 20
-ROUTE = re.compile(
-    r"^/(v2|v3)/(watchers/login|watchers/enroll|watchers|signals|decisions/stream|metrics|usage-metrics)/?$"
-)
-LIST_DOWNLOAD = re.compile(r"^/(blocklists|allowlists)/([A-Za-z0-9_-]+)/download$")
-MACHINE_ID = re.compile(r"^[A-Za-z0-9]+$", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """How the simulator misbehaves on one coming call.
-
-    Attributes:
-        kind: ``status`` (answer ``status``), ``timeout`` (answer nothing for ``delay`` seconds,
-            then drop the connection), ``malformed`` (200 with a body that is not JSON),
-            ``truncated`` (200 whose body stops before its Content-Length) or ``lost`` (the call
-            is carried out, then the connection dropped before the answer: a register that CAPI
-            stored although the client never learnt it).
-        status: the HTTP status of a ``status`` fault (500, 503, 429, 401...).
-        retry_after: the Retry-After header sent with it, in seconds.
-        path: only calls whose path contains this text are affected.
-        delay: how long a ``timeout`` fault stalls.
-    """
-
-    kind: str = "status"
-    status: int = 500
-    retry_after: float | None = None
-    path: str | None = None
-    delay: float = 10.0
-
-
-@dataclass(frozen=True)
-class Logged:
-    """One request the simulator received."""
-
-    method: str
-    path: str
-    status: int
-    user_agent: str
-    authorized: bool
-    content_type: str = ""
-    content_encoding: str = ""
-
-
-@dataclass
-class _Decision:
-    value: str
-    scenario: str
-    scope: str
-    type: str
-    origin: str
-    expires: float
-    id: int
-
-
-@dataclass
-class _Blocklist:
-    id: str
-    name: str
-    values: list[str]
-    remediation: str
-    duration: float | None
-    scope: str | None
-    modified: float
-    redirect: bool | str = False
-
-
-@dataclass
-class _Allowlist:
-    id: str
-    name: str
-    entries: list[dict[str, Any]]
-    modified: float
-
-
-@dataclass
-class _Watcher:
-    password: str
-    scenarios: list[str] = field(default_factory=list)
-    enrolled: dict[str, Any] | None = None
-    seen_seq: int | None = None  # stream position; None until the startup pull
-
-
-def _scope(value: str) -> str:
-    return "range" if "/" in value else "ip"
 
 
 class CapiSimulator:
@@ -632,126 +554,3 @@ def _redirect_prefix(redirect: bool | str) -> str:
 def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
     values = query.get(name)
     return values[0] == "true" if values else default
-
-
-def _gunzip(raw: bytes) -> bytes:
-    """Decompresses a gzip body, refusing one that inflates past ``MAX_BODY``."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = d.decompress(raw, MAX_BODY + 1)
-    if len(out) > MAX_BODY or d.unconsumed_tail:
-        raise ValueError("body too large")
-    if not d.eof:
-        raise EOFError("truncated gzip body")
-    return out
-
-
-class _Handler(BaseHTTPRequestHandler):
-    simulator: CapiSimulator
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Silent: requests are in ``simulator.requests``, and bodies may hold passwords."""
-
-    def _log(self, status: int, authorized: bool) -> None:
-        with self.simulator._lock:
-            self.simulator._requests.append(
-                Logged(
-                    self.command,
-                    urlsplit(self.path).path,
-                    status,
-                    self.headers.get("User-Agent", ""),
-                    authorized,
-                    self.headers.get("Content-Type", ""),
-                    self.headers.get("Content-Encoding", ""),
-                )
-            )
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, length: int | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _serve(self) -> None:
-        sim = self.simulator
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._log(413, False)
-            self._send(413, b'{"message":"body too large"}')
-            return
-        raw = self.rfile.read(length) if length else b""
-        fault = sim._take_fault(parts.path)
-        lost = fault is not None and fault.kind == "lost"
-        if lost:
-            fault = None
-        if fault is not None:
-            self._log(fault.status if fault.kind == "status" else 200, False)
-            if fault.kind == "timeout":
-                sim._stopping.wait(fault.delay)
-                self.close_connection = True
-                return
-            if fault.kind == "malformed":
-                self._send(200, b'{"new": [this is not json', {"Content-Type": "application/json"})
-                return
-            if fault.kind == "truncated":
-                full = b'{"new": [], "deleted": [], "links": {"blocklists": []}}'
-                self._send(200, full[:20], {"Content-Type": "application/json"}, length=len(full))
-                self.close_connection = True
-                return
-            headers = {"Content-Type": "application/json"}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = str(
-                    int(fault.retry_after) if fault.retry_after == int(fault.retry_after) else fault.retry_after
-                )
-            self._send(fault.status, json.dumps({"message": f"injected {fault.status}"}).encode(), headers)
-            return
-        if parts.path.startswith("/loop/") and self.command == "GET":  # a redirect to itself, forever
-            self._log(302, False)
-            self._send(302, b"", {"Location": sim.url + parts.path.lstrip("/")})
-            return
-        if parts.path.startswith("/redirect/") and self.command == "GET":
-            self._log(302, False)
-            self._send(302, b"", {"Location": sim.url + parts.path.removeprefix("/redirect/")})
-            return
-        b = LIST_DOWNLOAD.match(parts.path)
-        if b and self.command == "GET":
-            status, content, modified = sim.list_download(b.group(1), b.group(2), self.headers.get("If-Modified-Since"))
-            headers = {"Content-Type": "text/plain" if b.group(1) == "blocklists" else "application/x-ndjson"}
-            if modified is not None:
-                headers["Last-Modified"] = email.utils.formatdate(modified, usegmt=True)
-            self._log(status, False)
-            self._send(status, content, headers)
-            return
-        encoding = self.headers.get("Content-Encoding", "").strip().lower()
-        if encoding == "gzip":  # crowdsec 1.7+ compresses bodies over 5 KiB
-            try:
-                raw = _gunzip(raw)
-            except (OSError, EOFError, zlib.error, ValueError):
-                self._log(400, False)
-                self._send(400, b'{"message":"body is not valid gzip"}')
-                return
-        elif encoding not in ("", "identity"):
-            self._log(415, False)
-            self._send(415, b'{"message":"unsupported Content-Encoding"}')
-            return
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            self._log(400, False)
-            self._send(400, b'{"message":"body is not JSON"}')
-            return
-        status, answer = sim.handle(
-            self.command, parts.path, parse_qs(parts.query), payload, self.headers.get("Authorization")
-        )
-        self._log(status, status not in (401, 403))
-        if lost:
-            self.close_connection = True
-            return
-        self._send(status, sim.encode(answer), {"Content-Type": "application/json"})
-
-    do_GET = _serve  # noqa: N815
-    do_POST = _serve  # noqa: N815
-    do_DELETE = _serve  # noqa: N815
