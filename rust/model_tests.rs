@@ -1,5 +1,6 @@
 //! Model-based tests: random operations mirrored into a naive list scanned on every lookup.
 
+use crate::batch::{AddItem, Batch, RemoveItem};
 use crate::index::{AddRule, Index, Op};
 use crate::parse::{Addr, Net};
 use hashbrown::HashMap;
@@ -180,9 +181,12 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
                     let net = (sc.net)(&mut r);
                     let (o, m) = (r.below(3) as usize, (sc.rem)(&mut r, net));
                     let exp = if r.below(10) == 0 { now - r.below(1_000) } else { now + 1 + r.below(300_000) };
-                    let tag = ix.tag(ORIGINS[o], sc.rems[m]).expect("tag");
-                    let op = ix.add_op(net, tag, exp, now, AddRule::Replace).expect("a replace always acts");
-                    let (added, removed) = ix.apply(&[op]);
+                    // Through the batch rules, as the binding applies a caller's add.
+                    let mut b = Batch::default();
+                    let pair = b.pair(ORIGINS[o], sc.rems[m]);
+                    b.adds.push(AddItem { net, normalized: false, pair, exp, rule: AddRule::Replace });
+                    let out = b.apply(&mut ix, now, true).expect("batch");
+                    let (added, removed) = (out.added, out.removed);
                     let held = model.iter().position(|d| d.net == net && d.origin == o && d.rem == m);
                     match held {
                         _ if exp <= now => {
@@ -204,19 +208,18 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
                     // different expiries, some already over; the latest expiry wins.
                     let net = (sc.net)(&mut r);
                     let (o, m) = (r.below(3) as usize, (sc.rem)(&mut r, net));
-                    let tag = ix.tag(ORIGINS[o], sc.rems[m]).expect("tag");
-                    let mut ops = Vec::new();
+                    let mut b = Batch::default();
+                    let pair = b.pair(ORIGINS[o], sc.rems[m]);
                     let mut latest = None;
                     for _ in 0..1 + r.below(3) {
                         let exp = if r.below(6) == 0 { now - r.below(1_000) } else { now + 1 + r.below(300_000) };
-                        if let Some(op) = ix.add_op(net, tag, exp, now, AddRule::Extend) {
-                            ops.push(op);
+                        if exp > now {
                             latest = latest.max(Some(exp));
-                        } else {
-                            assert!(exp <= now, "{at}");
                         }
+                        b.adds.push(AddItem { net, normalized: false, pair, exp, rule: AddRule::Extend });
                     }
-                    let (added, removed) = ix.apply(&ops);
+                    let out = b.apply(&mut ix, now, true).expect("batch");
+                    let (added, removed) = (out.added, out.removed);
                     assert_eq!(removed, 0, "{at}");
                     let held = model.iter().position(|d| d.net == net && d.origin == o && d.rem == m);
                     match (held, latest) {
@@ -235,8 +238,13 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
                     let net = (sc.net)(&mut r);
                     let o = r.below(4) as usize;
                     let m = r.below(sc.rems.len() as u64 + 1) as usize;
-                    let f = ix.filter((o < 3).then(|| ORIGINS[o]), sc.rems.get(m).copied());
-                    let (_, removed) = f.map_or((0, 0), |f| ix.apply(&[Op::Remove(net, f)]));
+                    let mut b = Batch::default();
+                    b.removes.push(RemoveItem {
+                        net,
+                        origin: (o < 3).then(|| ORIGINS[o].to_owned()),
+                        remediation: sc.rems.get(m).map(|r| (*r).to_owned()),
+                    });
+                    let removed = b.apply(&mut ix, now, true).expect("batch").removed;
                     let before = model.len();
                     model
                         .retain(|d| !(d.net == net && (o == 3 || d.origin == o) && (m == sc.rems.len() || d.rem == m)));
