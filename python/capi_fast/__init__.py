@@ -27,6 +27,7 @@ from capi_fast.errors import (
 )
 from capi_fast.lapi import AsyncLapiClient, LapiClient
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink
+from capi_fast.refresher import Health
 from capi_fast.signals import Signal
 from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
@@ -56,6 +57,7 @@ __all__ = [
     "LapiClient",
     "MemoryStorage",
     "RateLimitError",
+    "Health",
     "RefreshReport",
     "RemediationEngine",
     "ServerError",

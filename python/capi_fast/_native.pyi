@@ -209,6 +209,8 @@ class Remediator:
         """Answers from ``index`` from now on; counts are kept."""
     def set_answers(self, answers: Mapping[str, str]) -> None:
         """Replaces the remediation -> answer table; counts are kept."""
+    def set_clean(self, clean: str) -> None:
+        """Replaces the answer for an address no decision covers; counts are kept."""
     @property
     def index(self) -> DecisionIndex:
         """The index answering."""

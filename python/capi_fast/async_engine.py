@@ -9,17 +9,22 @@ the event loop keeps serving ``get_ip_remediation`` while a million decisions ar
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from capi_fast._native import parse_stream
 from capi_fast.client import AsyncCapiClient
 from capi_fast.engine import RefreshReport, _Engine
 from capi_fast.engine_lists import ListPlan
-from capi_fast.errors import CapiError
+from capi_fast.errors import CapiError, ConfigurationError
 from capi_fast.lapi import AsyncLapiClient
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist
+from capi_fast.refresher import RefreshSchedule
 
 __all__ = ["AsyncRemediationEngine"]
+
+log = logging.getLogger("capi_fast.engine")
 
 
 class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
@@ -48,6 +53,69 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
             plans, bad_links = self._list_plans(parsed) or (None, 0)
             fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans or ()))
             return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
+
+    def start(
+        self,
+        interval: float | None = None,
+        *,
+        jitter: float = 0.1,
+        wait: Callable[[float], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Refreshes in a task on the running loop until ``await stop()``: at once, then every ``interval``.
+
+        The rules are ``RemediationEngine.start``'s (``capi_fast.refresher``); ``wait(seconds)``
+        returns True to stop (default: the stop event).
+        """
+        self._refresher()
+        if self._running():
+            raise ConfigurationError("the background refresh is already running")
+        schedule = RefreshSchedule(self._interval(interval), jitter)
+        stop = asyncio.Event()
+
+        async def until_stopped(delay: float) -> bool:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                return False
+            return True
+
+        pause = wait or until_stopped
+
+        async def run() -> None:
+            delay = 0.0
+            while not stop.is_set():
+                if delay and await pause(delay):
+                    return
+                try:
+                    await self.refresh_decisions()
+                    ok = self._last_error is None
+                except Exception as e:  # the refresher never dies: reported by health(), retried
+                    log.exception("background refresh failed")
+                    self._last_error = f"{type(e).__name__}: {e}"
+                    ok = False
+                delay = schedule.next_delay(ok)
+
+        self._stop = stop
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(run())
+
+    async def stop(self) -> None:
+        """Stops the background refresh (a refresh in progress finishes first)."""
+        stop, task = getattr(self, "_stop", None), getattr(self, "_task", None)
+        if stop is not None:
+            stop.set()
+        if task is not None:
+            await task
+        self._task = None
+
+    def _running(self) -> bool:
+        task = getattr(self, "_task", None)
+        return task is not None and not task.done()
+
+    async def __aenter__(self) -> AsyncRemediationEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def _async_lock(self) -> asyncio.Lock:
         # Created on first use, inside the running loop.

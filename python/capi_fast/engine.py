@@ -42,6 +42,7 @@ from capi_fast.lists import (
     allowlist_links,
     blocklist_links,
 )
+from capi_fast.refresher import LAPI_INTERVAL, Health, RefreshSchedule
 
 __all__ = ["ALLOW", "BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
 # The async twin, AsyncRemediationEngine, lives in capi_fast.async_engine.
@@ -115,14 +116,27 @@ class _Engine(Generic[_Source]):
         min_interval: float | None = None,
         snapshot_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.time,
+        max_staleness: float | None = None,
+        stale_action: str = BYPASS,
     ) -> None:
         if fallback not in priorities:
             raise ConfigurationError(f"fallback {fallback!r} must be one of the priorities {list(priorities)}")
         if ALLOW in priorities:
             raise ConfigurationError(f"{ALLOW!r} is reserved for allowlist entries; it cannot be a priority")
+        if stale_action not in (BYPASS, *priorities):
+            raise ConfigurationError(
+                f"stale_action must be {BYPASS!r} or one of {list(priorities)}, got {stale_action!r}"
+            )
+        if max_staleness is not None and not max_staleness > 0:
+            raise ConfigurationError(f"max_staleness must be more than 0 seconds or None, got {max_staleness!r}")
         self.source = source
         self.priorities = list(priorities)
         self.fallback = fallback
+        self.max_staleness = max_staleness
+        self.stale_action = stale_action
+        self._stale = False
+        self._last_good: float | None = None
+        self._last_error: str | None = None
         self._index = DecisionIndex(self._index_priorities)
         self._answer = Remediator(self._index, {}, clean=BYPASS)
         self.bouncing_level = bouncing_level
@@ -232,6 +246,8 @@ class _Engine(Generic[_Source]):
         return [ALLOW, *self.priorities]
 
     def _answer_table(self) -> dict[str, str]:
+        if self._stale:  # no good refresh for max_staleness: the configured failure action answers
+            return {rem: self.stale_action for rem in self.priorities} | {ALLOW: BYPASS}
         level = self._bouncing_level
         table = {
             rem: BYPASS if level == "disabled" else "captcha" if level == "flex" and rem == "ban" else rem
@@ -289,7 +305,9 @@ class _Engine(Generic[_Source]):
 
     def _failed(self, startup: bool, e: CapiError) -> RefreshReport:
         log.warning("refresh failed, still serving the previous decisions: %s", e)
-        return RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
+        return self._noted(
+            RefreshReport(performed=False, startup=startup, next_refresh_at=self.next_refresh_at, error=str(e))
+        )
 
     def _list_plans(self, parsed: ParsedStream) -> tuple[list[ListPlan], int] | None:
         """The lists to download from the stream answer's links, and how many links were unusable.
@@ -342,12 +360,15 @@ class _Engine(Generic[_Source]):
         that cannot be written is reported and written by the next refresh.
         """
         if plans is None:
-            return self._apply_stream_alone(parsed, startup, started, "list links unreadable: lists unchanged")
+            return self._noted(
+                self._apply_stream_alone(parsed, startup, started, "list links unreadable: lists unchanged")
+            )
         try:
-            return self._apply_all(parsed, plans, fetched, startup, started, skipped_links)
+            return self._noted(self._apply_all(parsed, plans, fetched, startup, started, skipped_links))
         except Exception as e:  # the lists' part failed: the stream answer must still land
             log.exception("applying the lists failed; applying the stream answer alone")
-            return self._apply_stream_alone(parsed, startup, started, f"lists not applied: {type(e).__name__}: {e}")
+            why = f"lists not applied: {type(e).__name__}: {e}"
+            return self._noted(self._apply_stream_alone(parsed, startup, started, why))
 
     def _apply_stream_alone(self, parsed: ParsedStream, startup: bool, started: float, why: str) -> RefreshReport:
         now = self.clock()
@@ -454,6 +475,52 @@ class _Engine(Generic[_Source]):
             error="; ".join(batch.errors) or None,
             snapshot_saved=unsaved is None,
         )
+
+    # -- background refresh and health ---------------------------------------------------
+
+    def _noted(self, report: RefreshReport) -> RefreshReport:
+        """Records a refresh's outcome for ``health()`` and applies ``stale_action`` if due."""
+        if report.performed:
+            self._last_good = self.clock()
+            self._last_error = report.error if not report.snapshot_saved else None
+        elif report.error != "too soon":
+            self._last_error = report.error
+        self._check_staleness()
+        return report
+
+    def _check_staleness(self) -> None:
+        last = self._last_good if self._last_good is not None else (self.state.last_refresh or None)
+        stale = self.max_staleness is not None and (last is None or self.clock() - last > self.max_staleness)
+        if stale != self._stale:
+            self._stale = stale
+            if stale:
+                log.warning(
+                    "no good refresh for %s s: answering %r for every address", self.max_staleness, self.stale_action
+                )
+            else:
+                log.warning("decisions are fresh again: answering from them")
+            self._answer.set_answers(self._answer_table())
+            self._answer.set_clean(self.stale_action if stale else BYPASS)
+
+    def _interval(self, interval: float | None) -> float:
+        if interval is not None:
+            return interval
+        return LAPI_INTERVAL if isinstance(self.source, LapiClient | AsyncLapiClient) else max(self.min_interval, 1.0)
+
+    def health(self) -> Health:
+        """The age of the last good refresh, the last error, and whether ``stale_action`` answers."""
+        self._check_staleness()
+        last = self._last_good if self._last_good is not None else (self.state.last_refresh or None)
+        return Health(
+            running=self._running(),
+            last_good_refresh=last,
+            age=None if last is None else max(0.0, self.clock() - last),
+            last_error=self._last_error,
+            stale=self._stale,
+        )
+
+    def _running(self) -> bool:
+        return False
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -575,6 +642,65 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
             plans, bad_links = self._list_plans(parsed) or (None, 0)
             fetched = [self._fetch(source, p) for p in plans or ()]
             return self._commit(parsed, plans, fetched, startup, started, bad_links)
+
+    def start(
+        self,
+        interval: float | None = None,
+        *,
+        jitter: float = 0.1,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        """Refreshes in a background thread until ``stop()``: at once, then every ``interval``.
+
+        ``interval`` defaults to 10 s from a LAPI and to ``min_interval`` (2 h) from CAPI, with
+        ``jitter``; a failure is retried sooner (see ``capi_fast.refresher``) and the last good
+        decisions keep answering. ``wait(seconds)`` returns True to stop (default: the stop event).
+        """
+        self._refresher()
+        if self._running():
+            raise ConfigurationError("the background refresh is already running")
+        schedule = RefreshSchedule(self._interval(interval), jitter)
+        self._stop_event = threading.Event()
+        pause = wait or self._stop_event.wait
+
+        stop = self._stop_event
+
+        def run() -> None:
+            delay = 0.0
+            while not stop.is_set():
+                if delay and pause(delay):
+                    return
+                try:
+                    self.refresh_decisions()
+                    ok = self._last_error is None
+                except Exception as e:  # the refresher never dies: reported by health(), retried
+                    log.exception("background refresh failed")
+                    self._last_error = f"{type(e).__name__}: {e}"
+                    ok = False
+                delay = schedule.next_delay(ok)
+
+        thread = threading.Thread(target=run, name="capi-fast-refresh", daemon=True)
+        self._thread: threading.Thread | None = thread
+        thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops the background refresh (a refresh in progress finishes first)."""
+        event, thread = getattr(self, "_stop_event", None), getattr(self, "_thread", None)
+        if event is not None:
+            event.set()
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+
+    def _running(self) -> bool:
+        thread = getattr(self, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @staticmethod
     def _fetch(source: CapiClient | LapiClient, plan: ListPlan) -> Blocklist | Allowlist | Exception:

@@ -192,6 +192,13 @@ impl Remediator {
         st.answers = Self::answers_for(py, &st);
     }
 
+    /// Replaces the answer for an address no decision covers; the counts so far are kept.
+    fn set_clean(&self, py: Python<'_>, clean: &str) {
+        let mut st = self.state.write();
+        self.fold(py, &st);
+        st.clean = PyString::intern(py, clean).unbind();
+    }
+
     /// The index answering.
     #[getter]
     fn index(&self, py: Python<'_>) -> Py<PyDecisionIndex> {
