@@ -1,0 +1,112 @@
+"""Which address a request comes from, behind reverse proxies, without being fooled.
+
+The socket peer is the client unless it is one of ``trusted_proxies``. Only then is the
+forwarding header read (``X-Forwarded-For`` by default, or RFC 7239 ``Forwarded``): its
+addresses, then the peer, are walked from right to left past trusted hops, and the first
+address that is not a trusted proxy is the client. What a client writes into the header itself
+sits left of the hops that appended to it, so it is only reached when every hop right of it is
+trusted: a spoofed header from an untrusted peer is never read, and a chain stops at its first
+untrusted hop. A malformed entry on the way (not an address, ``unknown``, an obfuscated
+identifier) means the chain cannot be trusted: the peer is the answer. Trust nothing by default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from capi_fast.errors import ConfigurationError
+
+__all__ = ["ClientAddress"]
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def _address(text: str) -> _Addr | None:
+    """An address from a header entry, or None when it is not one.
+
+    ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80`` and ``2001:db8::1`` are; IPv4-mapped IPv6
+    is read as IPv4.
+    """
+    t = text.strip().strip('"').strip()
+    if t.startswith("["):
+        end = t.find("]")
+        if end < 0:
+            return None
+        t = t[1:end]
+    elif t.count(":") == 1:  # IPv4 with a port
+        t = t.split(":", 1)[0]
+    try:
+        a = ipaddress.ip_address(t)
+    except ValueError:
+        return None
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        return a.ipv4_mapped
+    return a
+
+
+def _forwarded_for(values: Iterable[str]) -> list[str]:
+    """The ``for=`` of each element of RFC 7239 ``Forwarded`` headers, in order ("" when absent)."""
+    out = []
+    for value in values:
+        for element in value.split(","):
+            found = ""
+            for pair in element.split(";"):
+                name, _, val = pair.partition("=")
+                if name.strip().lower() == "for":
+                    found = val.strip()
+            out.append(found)
+    return out
+
+
+class ClientAddress:
+    """Resolves the client's address of a request.
+
+    Args:
+        trusted_proxies: addresses or networks of the reverse proxies in front of the app
+            (e.g. ``["10.0.0.0/8", "127.0.0.1"]``); empty (the default) trusts no header.
+        header: ``x-forwarded-for`` (default) or ``forwarded`` (RFC 7239): the one your proxies
+            write. Only that one is read, so a client cannot slip the other past them.
+    """
+
+    def __init__(self, trusted_proxies: Sequence[str] = (), header: str = "x-forwarded-for") -> None:
+        if isinstance(trusted_proxies, str):
+            raise ConfigurationError("trusted_proxies must be a list of addresses or networks, not one str")
+        header = header.lower()
+        if header not in HEADERS:
+            raise ConfigurationError(f"header must be one of {HEADERS}, got {header!r}")
+        nets: list[_Net] = []
+        for p in trusted_proxies:
+            try:
+                nets.append(ipaddress.ip_network(p, strict=False))
+            except (ValueError, TypeError):
+                raise ConfigurationError(f"trusted proxy {p!r} is not an address or network") from None
+        self.trusted = tuple(nets)
+        self.header = header
+
+    def _is_trusted(self, a: _Addr) -> bool:
+        return any(a.version == n.version and a in n for n in self.trusted)
+
+    def resolve(self, peer: str, header_values: Iterable[str] = ()) -> str:
+        """The client's address, given the socket peer and the values of ``header`` in order."""
+        peer_addr = _address(peer)
+        if peer_addr is None:
+            return peer
+        if not self.trusted or not self._is_trusted(peer_addr):
+            return str(peer_addr)
+        values = list(header_values)
+        if self.header == "forwarded":
+            entries = _forwarded_for(values)
+        else:
+            entries = [e for v in values for e in v.split(",")]
+        current = peer_addr
+        for entry in reversed(entries):
+            if not self._is_trusted(current):
+                return str(current)
+            found = _address(entry)
+            if found is None:
+                return str(peer_addr)  # a chain with a hole cannot be trusted
+            current = found
+        return str(current)
