@@ -11,7 +11,7 @@ import pytest
 
 from capi_fast.async_engine import AsyncRemediationEngine
 from capi_fast.engine import RemediationEngine
-from capi_fast.errors import AuthenticationError
+from capi_fast.errors import AuthenticationError, ConfigurationError
 from capi_fast.lapi import AsyncLapiClient, LapiClient
 from crowdsec_support import CSCLI, require_crowdsec, running, wait_for, write_config
 
@@ -105,3 +105,26 @@ def test_cli_reads_the_lapi_key_from_a_private_file(lapi, tmp_path, capsys):
     assert main([*home, "refresh"]) == 0
     assert main([*home, "check", "192.0.2.44"]) == 0
     assert capsys.readouterr().out.strip().endswith("192.0.2.44 ban")
+
+
+def test_stream_filters_reach_the_lapi(lapi):
+    """The remediation-component spec's stream filters, applied by a real crowdsec."""
+    config, url, key = lapi
+    run(config, "decisions", "add", "--ip", "192.0.2.20", "--type", "ban", "--duration", "1h")
+    run(config, "decisions", "add", "--range", "198.51.100.0/24", "--type", "ban", "--duration", "1h")
+
+    def values(**filters) -> set[str]:
+        with LapiClient(url, key, **filters) as c:
+            doc = c.get_stream_decisions(startup=True)
+        return {d["value"] for d in doc.get("new") or []}
+
+    assert values() == {"192.0.2.20", "198.51.100.0/24"}
+    assert values(scopes=["ip"]) == {"192.0.2.20"}
+    assert values(origins=["crowdsec"]) == set(), "cscli decisions are of origin cscli"
+    assert values(origins=["cscli"]) == {"192.0.2.20", "198.51.100.0/24"}
+    assert values(scenarios_not_containing=["manual"]) == set(), "cscli decisions are 'manual ...'"
+    assert values(scenarios_containing=["manual"]) == {"192.0.2.20", "198.51.100.0/24"}
+    with pytest.raises(ConfigurationError):
+        LapiClient(url, key, scopes="ip")
+    with pytest.raises(ConfigurationError):
+        LapiClient(url, key, origins=["a,b"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -41,6 +41,10 @@ class _LapiRules:
         max_backoff: float = 30.0,
         max_retry_after: float = 120.0,
         clock: Callable[[], float] = time.time,
+        scopes: Sequence[str] = ("ip", "range"),
+        origins: Sequence[str] = (),
+        scenarios_containing: Sequence[str] = (),
+        scenarios_not_containing: Sequence[str] = (),
     ) -> None:
         if not isinstance(api_key, str) or not api_key or any(c in api_key for c in "\r\n"):
             raise ConfigurationError("api_key is required: create one with `cscli bouncers add NAME`")
@@ -60,6 +64,18 @@ class _LapiRules:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.user_agent = f"{user_agent.strip()} capi-fast/{__version__}"
         self._api_key = api_key
+        filters = {
+            "scopes": scopes,
+            "origins": origins,
+            "scenarios_containing": scenarios_containing,
+            "scenarios_not_containing": scenarios_not_containing,
+        }
+        self._filters: dict[str, str] = {}
+        for name, values in filters.items():
+            if isinstance(values, str) or not all(isinstance(v, str) and v and "," not in v for v in values):
+                raise ConfigurationError(f"{name} must be a list of non-empty names without commas, got {values!r}")
+            if values:
+                self._filters[name] = ",".join(values)
 
     @property
     def timeout(self) -> float:
@@ -71,7 +87,8 @@ class _LapiRules:
 
     def _request(self, startup: bool) -> tuple[str, dict[str, str], dict[str, str]]:
         headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
-        return f"{self.base_url}v1/decisions/stream", {"startup": "true" if startup else "false"}, headers
+        params = {"startup": "true" if startup else "false", **self._filters}
+        return f"{self.base_url}v1/decisions/stream", params, headers
 
     @staticmethod
     def _document(body: bytes) -> dict[str, Any]:
@@ -97,6 +114,10 @@ class LapiClient(_LapiRules):
         user_agent: your product and version.
         timeout: seconds per HTTP call.
         retries: retries of a transient failure.
+        scopes: decision scopes to pull (default ``ip`` and ``range``, as crowdsec's bouncers).
+        origins: only decisions of these origins (e.g. ``crowdsec``, ``cscli``, ``CAPI``); all if empty.
+        scenarios_containing: only decisions whose scenario contains one of these words.
+        scenarios_not_containing: no decision whose scenario contains one of these words.
         transport: an httpx transport.
         sleep: how to wait between retries.
     """
