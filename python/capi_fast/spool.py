@@ -36,7 +36,7 @@ import orjson
 
 from capi_fast.errors import StorageError
 from capi_fast.files import write_atomic
-from capi_fast.spool_format import MAX_RECORD, Damage, encode, record_at, scan
+from capi_fast.spool_format import HEADER_SIZE, MAX_RECORD, Damage, claimed_length, encode, record_at, scan
 
 __all__ = ["Spool"]
 
@@ -302,7 +302,12 @@ class Spool:
         try:
             with open(self.path / _segment_name(seg), "rb") as f:
                 f.seek(off)
-                data = f.read(MAX_RECORD + 64)
+                data = f.read(HEADER_SIZE)
+                length = claimed_length(data)
+                if length is not None:
+                    data += f.read(length)
+                if record_at(data, 0) is None:  # damaged: read on to where the next intact record starts
+                    data += f.read(MAX_RECORD + HEADER_SIZE - len(data))
         except OSError as e:
             raise StorageError(f"cannot read the signal spool {self.path}: {e}") from None
         record = record_at(data, 0)

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["MAGIC", "MAX_RECORD", "Damage", "Record", "encode", "record_at", "scan"]
+__all__ = ["HEADER_SIZE", "MAGIC", "MAX_RECORD", "Damage", "Record", "claimed_length", "encode", "record_at", "scan"]
 
 MAGIC = b"\xff\xfeCF"
 _HEADER = struct.Struct("<4sIBI")  # magic, payload length, flag (1 = whisper), crc32 of length+flag+payload
@@ -48,6 +48,14 @@ def encode(whisper: bool, payload: bytes) -> bytes:
     """One framed record."""
     length_and_flag = struct.pack("<IB", len(payload), int(whisper))
     return _HEADER.pack(MAGIC, len(payload), int(whisper), _crc(length_and_flag, payload)) + payload
+
+
+def claimed_length(header: bytes) -> int | None:
+    """The payload length a record header claims, or None when ``header`` is not one."""
+    if len(header) < HEADER_SIZE:
+        return None
+    magic, length, _, _ = _HEADER.unpack_from(header)
+    return length if magic == MAGIC and length <= MAX_RECORD else None
 
 
 def record_at(data: bytes, offset: int) -> Record | None:
