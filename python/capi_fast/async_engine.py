@@ -9,7 +9,6 @@ the event loop keeps serving ``get_ip_remediation`` while a million decisions ar
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,14 +16,11 @@ from capi_fast._native import parse_stream
 from capi_fast.client import AsyncCapiClient
 from capi_fast.engine import RefreshReport, _Engine
 from capi_fast.engine_lists import ListPlan
-from capi_fast.errors import CapiError, ConfigurationError
+from capi_fast.errors import CapiError
 from capi_fast.lapi import AsyncLapiClient
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist
-from capi_fast.refresher import RefreshSchedule
 
 __all__ = ["AsyncRemediationEngine"]
-
-log = logging.getLogger("capi_fast.engine")
 
 
 class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
@@ -66,10 +62,7 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
         The rules are ``RemediationEngine.start``'s (``capi_fast.refresher``); ``wait(seconds)``
         returns True to stop (default: the stop event).
         """
-        self._refresher()
-        if self._running():
-            raise ConfigurationError("the background refresh is already running")
-        schedule = RefreshSchedule(self._interval(interval), jitter)
+        schedule = self._background_schedule(interval, jitter)
         stop = asyncio.Event()
 
         async def until_stopped(delay: float) -> bool:
@@ -86,14 +79,12 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
             while not stop.is_set():
                 if delay and await pause(delay):
                     return
+                error: Exception | None = None
                 try:
                     await self.refresh_decisions()
-                    ok = self._last_error is None
                 except Exception as e:  # the refresher never dies: reported by health(), retried
-                    log.exception("background refresh failed")
-                    self._last_error = f"{type(e).__name__}: {e}"
-                    ok = False
-                delay = schedule.next_delay(ok)
+                    error = e
+                delay = self._background_delay(schedule, error)
 
         self._stop = stop
         self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(run())

@@ -507,6 +507,20 @@ class _Engine(Generic[_Source]):
             return interval
         return LAPI_INTERVAL if isinstance(self.source, LapiClient | AsyncLapiClient) else max(self.min_interval, 1.0)
 
+    def _background_schedule(self, interval: float | None, jitter: float) -> RefreshSchedule:
+        """Checks that a background refresh may start (a source, none running); its schedule."""
+        self._refresher()
+        if self._running():
+            raise ConfigurationError("the background refresh is already running")
+        return RefreshSchedule(self._interval(interval), jitter)
+
+    def _background_delay(self, schedule: RefreshSchedule, error: Exception | None) -> float:
+        """After a background refresh (``error``: what it raised, if anything): the wait before the next."""
+        if error is not None:
+            log.error("background refresh failed", exc_info=error)
+            self._last_error = f"{type(error).__name__}: {error}"
+        return schedule.next_delay(error is None and self._last_error is None)
+
     def health(self) -> Health:
         """The age of the last good refresh, the last error, and whether ``stale_action`` answers."""
         self._check_staleness()
@@ -656,28 +670,21 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
         ``jitter``; a failure is retried sooner (see ``capi_fast.refresher``) and the last good
         decisions keep answering. ``wait(seconds)`` returns True to stop (default: the stop event).
         """
-        self._refresher()
-        if self._running():
-            raise ConfigurationError("the background refresh is already running")
-        schedule = RefreshSchedule(self._interval(interval), jitter)
-        self._stop_event = threading.Event()
-        pause = wait or self._stop_event.wait
-
-        stop = self._stop_event
+        schedule = self._background_schedule(interval, jitter)
+        stop = self._stop_event = threading.Event()
+        pause = wait or stop.wait
 
         def run() -> None:
             delay = 0.0
             while not stop.is_set():
                 if delay and pause(delay):
                     return
+                error: Exception | None = None
                 try:
                     self.refresh_decisions()
-                    ok = self._last_error is None
                 except Exception as e:  # the refresher never dies: reported by health(), retried
-                    log.exception("background refresh failed")
-                    self._last_error = f"{type(e).__name__}: {e}"
-                    ok = False
-                delay = schedule.next_delay(ok)
+                    error = e
+                delay = self._background_delay(schedule, error)
 
         thread = threading.Thread(target=run, name="capi-fast-refresh", daemon=True)
         self._thread: threading.Thread | None = thread
