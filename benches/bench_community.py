@@ -6,7 +6,7 @@ the decisions are what CAPI's community blocklist holds (almost only single addr
 thousand ranges of /24 or longer, a little IPv6) and 95% of the queries are clean, as on a
 proxy. This is the headline of README's tables; both workloads are reported in one run.
 
-Peers are built by their fastest documented path: the ``set`` from one ``set()`` call;
+Peers are built as in ``bench_index`` (shared builders): the ``set`` in one comprehension;
 pytricia and py-radix have no bulk load, so they are built item by item.
 """
 
@@ -16,14 +16,9 @@ import ipaddress
 
 import pytest
 
+from bench_index import NOW, build_native, build_pytricia, build_radix, build_set, single_loop
 from benchsupport import QUERIES, SEED, N, record
-from capi_fast import DecisionIndex
 from capi_fast.workload import community_blocklist, mostly_clean_queries
-
-NOW = 1_800_000_000.0
-
-pytricia = pytest.importorskip("pytricia")
-radix = pytest.importorskip("radix")
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +30,6 @@ def community() -> list[tuple[str, str, float, str]]:
 def clean_queries(community) -> list[str]:
     """Each a new str, made in query order (as a proxy builds the client address it checks)."""
     return [ip.encode().decode() for ip in mostly_clean_queries(community, QUERIES, SEED + 2)]
-
-
-def build_native(items):
-    idx = DecisionIndex()
-    idx.add_many(items, now=NOW)
-    return idx
-
-
-def build_set(items):
-    return set(v for v, *_ in items)
-
-
-def build_pytricia(items):
-    t4, t6 = pytricia.PyTricia(32), pytricia.PyTricia(128)
-    for v, rem, _, _ in items:
-        (t6 if ":" in v else t4)[v] = rem
-    return t4, t6
-
-
-def build_radix(items):
-    r = radix.Radix()
-    for v, rem, _, _ in items:
-        r.add(v).data["r"] = rem
-    return r
 
 
 BUILDERS = {"native": build_native, "set": build_set, "pytricia": build_pytricia, "py-radix": build_radix}
@@ -76,22 +47,9 @@ def test_build_community(benchmark, community, impl):
     record(benchmark, "build:community blocklist", impl, len(community))
 
 
-def lookups(impl, obj, q):
-    if impl == "native":
-        lookup = obj.lookup
-        return lambda: [lookup(ip, NOW) for ip in q]
-    if impl == "set":
-        return lambda: [ip in obj for ip in q]
-    if impl == "pytricia":
-        t4 = obj[0]
-        return lambda: [t4.get(ip) for ip in q]
-    search = obj.search_best
-    return lambda: [search(ip) for ip in q]
-
-
 @pytest.mark.parametrize("impl", list(BUILDERS))
 def test_single_lookup_mostly_clean(benchmark, built, clean_queries, impl):
-    benchmark.pedantic(lookups(impl, built[impl], clean_queries), rounds=10, iterations=1)
+    benchmark.pedantic(single_loop(impl, built[impl], clean_queries), rounds=10, iterations=1)
     record(benchmark, "single:community blocklist, 95% clean", impl, len(clean_queries))
 
 
