@@ -8,6 +8,13 @@ import random
 __all__ = ["community_blocklist", "mostly_clean_queries", "synthetic_decisions"]
 
 
+def _net(family: int, bits: int, length: int) -> str:
+    """The network of ``length`` holding address ``bits`` of IP version ``family``."""
+    width = 32 if family == 4 else 128
+    key = bits >> (width - length) << (width - length)
+    return str(ipaddress.IPv4Network((key, length)) if family == 4 else ipaddress.IPv6Network((key, length)))
+
+
 def synthetic_decisions(n: int, seed: int) -> list[tuple[str, str, float, str]]:
     """A community-blocklist-shaped list of ``(value, remediation, ttl, origin)``.
 
@@ -23,17 +30,15 @@ def synthetic_decisions(n: int, seed: int) -> list[tuple[str, str, float, str]]:
             out.append((str(ipaddress.IPv4Address(rng.getrandbits(32))), "ban", ttl, "CAPI"))
         elif roll < 0.98:
             length = rng.choice([8] + [16] * 3 + [20] * 4 + list(range(22, 32)) * 6)
-            net = ipaddress.IPv4Network((rng.getrandbits(32) >> (32 - length) << (32 - length), length))
-            out.append((str(net), rng.choice(["ban", "ban", "captcha"]), ttl, "lists:firehol"))
+            out.append(
+                (_net(4, rng.getrandbits(32), length), rng.choice(["ban", "ban", "captcha"]), ttl, "lists:firehol")
+            )
         else:
             v = (0x2001 << 112) | rng.getrandbits(100)
             if rng.random() < 0.5:
                 out.append((str(ipaddress.IPv6Address(v)), "ban", ttl, "CAPI"))
             else:
-                length = rng.randint(48, 64)
-                out.append(
-                    (str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI")
-                )
+                out.append((_net(6, v, rng.randint(48, 64)), "ban", ttl, "CAPI"))
     return out
 
 
@@ -52,14 +57,10 @@ def community_blocklist(n: int, seed: int) -> list[tuple[str, str, float, str]]:
             out.append((str(ipaddress.IPv4Address(rng.getrandbits(32))), "ban", ttl, "CAPI"))
         elif roll < 0.998:
             length = rng.choice([16, 20, 22, 23] + [24] * 20 + list(range(25, 32)) * 2)
-            net = ipaddress.IPv4Network((rng.getrandbits(32) >> (32 - length) << (32 - length), length))
-            out.append((str(net), "ban", ttl, "CAPI"))
+            out.append((_net(4, rng.getrandbits(32), length), "ban", ttl, "CAPI"))
         else:
             v = (0x2001 << 112) | rng.getrandbits(100)
-            length = 128 if rng.random() < 0.8 else 64
-            out.append(
-                (str(ipaddress.IPv6Network((v >> (128 - length) << (128 - length), length))), "ban", ttl, "CAPI")
-            )
+            out.append((_net(6, v, 128 if rng.random() < 0.8 else 64), "ban", ttl, "CAPI"))
     return out
 
 
