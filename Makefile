@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	# installed without that pin and our client is tested on current httpx.
 	$(BIN)/python -m pip install -q --no-deps "cscapi==0.7.0"
 	$(BIN)/python -m pip install -q sqlalchemy python-dateutil dacite importlib-metadata pyjwt more-itertools
+	# Real servers and frameworks for the middleware tests and benchmark; pycrowdsec is the
+	# benchmark's peer (its Flask middleware).
+	$(BIN)/python -m pip install -q "uvicorn>=0.30" "starlette>=0.37" "fastapi>=0.110" "flask>=3" "gunicorn>=22" \
+		"django>=5" "waitress>=3" "websockets>=12" "pycrowdsec==0.0.5"
 	touch $(STAMP)
 
 # Built .so files are git-ignored; remove the old one so a failed build cannot leave it in use.

@@ -446,6 +446,21 @@ impl Index {
         out
     }
 
+    /// Active decisions at `now` by tag (index = tag), for usage metrics' `active_decisions`.
+    pub fn active_by_tag(&self, now: u64) -> Vec<u64> {
+        let mut out = vec![0u64; self.tags.len()];
+        let mut count = |d: Dec| {
+            if d.exp > now {
+                out[d.tag as usize] += 1;
+            }
+        };
+        let sets = self.v4.sets();
+        self.v4.for_each(|_, _, s| s.for_each(sets, &mut count));
+        let sets = self.v6.sets();
+        self.v6.for_each(|_, _, s| s.for_each(sets, &mut count));
+        out
+    }
+
     /// Each prefix of a family holding an active decision with its best rank: `(start, len, rank)`.
     pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16)> {
         fn collect<K: Bits>(t: &Table<K>, now: u64, tag_keys: &[Key]) -> Vec<(u128, u8, u16)> {

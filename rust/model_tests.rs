@@ -640,3 +640,24 @@ fn churn_keeps_memory_near_a_fresh_index() {
     assert_eq!(shared.purge(last), live.len(), "every decision is found by its expiry hint");
     assert_eq!(shared.read().len(), 0);
 }
+
+#[test]
+fn active_decisions_are_counted_by_tag_until_they_expire() {
+    use crate::parse::parse_net;
+    let mut ix = Index::new(&["ban".into(), "captcha".into()]).expect("valid");
+    let capi = ix.tag("CAPI", "ban").expect("tag");
+    let list = ix.tag("lists:tor", "captcha").expect("tag");
+    let net = |t: &str| parse_net(t).expect("net").0;
+    // Two decisions on one address (one slot holding a set), a range, and IPv6.
+    ix.apply(&[
+        Op::Add(net("192.0.2.1"), capi, 1_000),
+        Op::Add(net("192.0.2.1"), list, 5_000),
+        Op::Add(net("198.51.100.0/24"), capi, 5_000),
+        Op::Add(net("2001:db8::/32"), list, 5_000),
+    ]);
+    let counts = ix.active_by_tag(0);
+    assert_eq!((counts[capi as usize], counts[list as usize]), (2, 2));
+    let counts = ix.active_by_tag(1_000); // the first expires at 1000: active while exp > now
+    assert_eq!((counts[capi as usize], counts[list as usize]), (1, 2));
+    assert_eq!(ix.active_by_tag(5_000).iter().sum::<u64>(), 0);
+}

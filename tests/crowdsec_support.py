@@ -132,3 +132,33 @@ def running(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes],
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_cscli(config: Path, *args: str) -> str:
+    """``cscli -c config *args``; its text output (the call must succeed)."""
+    out = subprocess.run([str(CSCLI), "-c", str(config), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@contextlib.contextmanager
+def local_api(root: Path) -> Iterator[tuple[Path, str, str]]:
+    """A crowdsec LAPI alone (``-no-cs``, no CAPI) with one bouncer key: (config, url, key)."""
+    from capi_fast.lapi import LapiClient
+
+    config, port = write_config(root)
+    run_cscli(config, "machines", "add", "-a", "--force")
+    with running(config, "-no-cs") as (proc, log):
+        key = run_cscli(config, "bouncers", "add", "capi-fast-test", "-o", "raw").strip()
+        url = f"http://127.0.0.1:{port}/"
+
+        def answers() -> bool:
+            try:
+                with LapiClient(url, key, retries=0) as c:
+                    c.get_stream_decisions(startup=True)
+                return True
+            except Exception:
+                return False
+
+        wait_for("the LAPI to listen", answers, 60, proc, log)
+        yield config, url, key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,35 +12,18 @@ from capi_fast.async_engine import AsyncRemediationEngine
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import AuthenticationError, ConfigurationError
 from capi_fast.lapi import AsyncLapiClient, LapiClient
-from crowdsec_support import CSCLI, require_crowdsec, running, wait_for, write_config
+from crowdsec_support import local_api, require_crowdsec, run_cscli
 
 require_crowdsec()
 
 
-def run(config: Path, *args: str) -> str:
-    out = subprocess.run([str(CSCLI), "-c", str(config), *args], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+run = run_cscli
 
 
 @pytest.fixture
 def lapi(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
-    config, port = write_config(tmp_path)  # no online_client: this LAPI never calls CAPI
-    run(config, "machines", "add", "-a", "--force")
-    with running(config, "-no-cs") as (proc, log):
-        key = run(config, "bouncers", "add", "capi-fast-test", "-o", "raw").strip()
-        url = f"http://127.0.0.1:{port}/"
-
-        def answers() -> bool:
-            try:
-                with LapiClient(url, key, retries=0) as c:
-                    c.get_stream_decisions(startup=True)
-                return True
-            except Exception:
-                return False
-
-        wait_for("the LAPI to listen", answers, 60, proc, log)
-        yield config, url, key
+    with local_api(tmp_path) as found:
+        yield found
 
 
 def test_engine_follows_cscli_decisions(lapi):

@@ -90,6 +90,11 @@ class Compare(RuleBasedStateMachine):
         a, b = self.both("export_cidrs", rem, family=family, now=self.now)
         assert a == b
 
+    @rule()
+    def active_counts(self):
+        a, b = self.both("active_counts", now=self.now)
+        assert a == b
+
     @invariant()
     def same_size(self):
         assert len(self.native) == len(self.ref)

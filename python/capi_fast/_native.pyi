@@ -177,6 +177,8 @@ class DecisionIndex:
     @staticmethod
     def load_with_metadata(path: str | PathLike[str]) -> tuple[DecisionIndex, bytes]:
         """Like ``load``, also returning the metadata given to ``save``."""
+    def active_counts(self, now: float | None = None) -> dict[tuple[str, str], int]:
+        """Active decisions at ``now`` by (origin, remediation), as usage metrics report them."""
     def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
         """The fewest CIDRs covering exactly the addresses answering ``remediation`` now."""
 
@@ -205,6 +207,8 @@ class Remediator:
     ) -> None: ...
     def get(self, ip: str, now: float | None = None) -> str:
         """The answer for ``ip``, counted under the deciding decision's origin. Raises ``InvalidIP``."""
+    def recount(self, ip: str, answer: str, now: float | None = None) -> None:
+        """Counts the last answer for ``ip`` as ``answer`` (a solved captcha counts as bypass)."""
     def set_index(self, index: DecisionIndex) -> None:
         """Answers from ``index`` from now on; counts are kept."""
     def set_answers(self, answers: Mapping[str, str]) -> None:

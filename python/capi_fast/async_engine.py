@@ -50,6 +50,20 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
             fetched = await asyncio.gather(*(self._fetch(source, p) for p in plans or ()))
             return await asyncio.to_thread(self._commit, parsed, plans, fetched, startup, started, bad_links)
 
+    async def push_usage_metrics(self, force: bool = True) -> bool:
+        """``RemediationEngine.push_usage_metrics``, awaited."""
+        body = self._metrics_body(force)
+        if body is None:
+            return False
+        assert isinstance(self.source, AsyncLapiClient) and self.usage_metrics is not None
+        try:
+            await self.source.push_usage_metrics(body)
+        except Exception as e:
+            self.usage_metrics.done(e)
+            return False
+        self.usage_metrics.done(None)
+        return True
+
     def start(
         self,
         interval: float | None = None,
@@ -84,6 +98,7 @@ class AsyncRemediationEngine(_Engine[AsyncCapiClient | AsyncLapiClient]):
                     await self.refresh_decisions()
                 except Exception as e:  # the refresher never dies: reported by health(), retried
                     error = e
+                await self.push_usage_metrics(force=False)
                 delay = self._background_delay(schedule, error)
 
         self._stop = stop

@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from capi_fast.errors import ConfigurationError
+from capi_fast._native import DecisionIndex
+from capi_fast.errors import ConfigurationError, InvalidIP
 
 __all__ = ["ClientAddress"]
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 HEADERS = ("x-forwarded-for", "forwarded")
+_PROXY = "proxy"
 
 
 def _address(text: str) -> _Addr | None:
@@ -61,6 +63,21 @@ def _forwarded_for(values: Iterable[str]) -> list[str]:
     return out
 
 
+def _plain(text: str) -> str | None:
+    """The address an entry names, as text the native index reads; None when it is not one.
+
+    A plain address is returned as written (the index checks it); a port, brackets or quotes
+    are taken off first.
+    """
+    t = text.strip()
+    if not t:
+        return None
+    if '"' in t or "[" in t or t.count(":") == 1:
+        found = _address(t)
+        return None if found is None else str(found)
+    return t
+
+
 class ClientAddress:
     """Resolves the client's address of a request.
 
@@ -85,28 +102,39 @@ class ClientAddress:
                 raise ConfigurationError(f"trusted proxy {p!r} is not an address or network") from None
         self.trusted = tuple(nets)
         self.header = header
+        # The native index answers "is this address in one of these networks?" (and "is it an
+        # address at all?") in one call, IPv4-mapped IPv6 included.
+        self._proxies = DecisionIndex([_PROXY])
+        for n in nets:
+            self._proxies.add(str(n), _PROXY)
 
-    def _is_trusted(self, a: _Addr) -> bool:
-        return any(a.version == n.version and a in n for n in self.trusted)
+    def _trust(self, text: str) -> bool | None:
+        """Whether the address ``text`` is a trusted proxy; None when it is not an address."""
+        try:
+            return self._proxies.lookup(text) is not None
+        except InvalidIP:
+            return None
 
     def resolve(self, peer: str, header_values: Iterable[str] = ()) -> str:
         """The client's address, given the socket peer and the values of ``header`` in order."""
-        peer_addr = _address(peer)
-        if peer_addr is None:
+        peer_text = _plain(peer)
+        trusted = None if peer_text is None else self._trust(peer_text)
+        if trusted is None or peer_text is None:
             return peer
-        if not self.trusted or not self._is_trusted(peer_addr):
-            return str(peer_addr)
+        if not trusted:
+            return peer_text
         values = list(header_values)
         if self.header == "forwarded":
             entries = _forwarded_for(values)
         else:
             entries = [e for v in values for e in v.split(",")]
-        current = peer_addr
+        current = peer_text
         for entry in reversed(entries):
-            if not self._is_trusted(current):
-                return str(current)
-            found = _address(entry)
-            if found is None:
-                return str(peer_addr)  # a chain with a hole cannot be trusted
+            found = _plain(entry)
+            hop = None if found is None else self._trust(found)
+            if hop is None or found is None:
+                return peer_text  # a chain with a hole cannot be trusted
             current = found
-        return str(current)
+            if not hop:
+                return current
+        return current

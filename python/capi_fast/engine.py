@@ -43,6 +43,7 @@ from capi_fast.lists import (
     blocklist_links,
 )
 from capi_fast.refresher import LAPI_INTERVAL, Health, RefreshSchedule
+from capi_fast.usage_metrics import USAGE_METRICS_INTERVAL, UsageMetrics
 
 __all__ = ["ALLOW", "BYPASS", "MIN_CAPI_INTERVAL", "RefreshReport", "RemediationEngine"]
 # The async twin, AsyncRemediationEngine, lives in capi_fast.async_engine.
@@ -104,6 +105,10 @@ class _Engine(Generic[_Source]):
         min_interval: seconds between refreshes (default: the vendor's 2 hours for CAPI, none for LAPI).
         snapshot_path: where to save the index and stream state after each refresh.
         clock: Unix time source.
+        max_staleness: seconds without a good refresh after which ``stale_action`` answers.
+        stale_action: ``bypass`` (fail open, default), or a remediation (fail closed).
+        metrics_interval: seconds between usage-metrics pushes to a LAPI source (default 30
+            min, at least 10 min; 0 turns them off). The background refresh pushes them.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class _Engine(Generic[_Source]):
         clock: Callable[[], float] = time.time,
         max_staleness: float | None = None,
         stale_action: str = BYPASS,
+        metrics_interval: float = USAGE_METRICS_INTERVAL,
     ) -> None:
         if fallback not in priorities:
             raise ConfigurationError(f"fallback {fallback!r} must be one of the priorities {list(priorities)}")
@@ -130,6 +136,10 @@ class _Engine(Generic[_Source]):
         if max_staleness is not None and not max_staleness > 0:
             raise ConfigurationError(f"max_staleness must be more than 0 seconds or None, got {max_staleness!r}")
         self.source = source
+        #: The usage-metrics window pushed to a LAPI source (None for CAPI and followers).
+        self.usage_metrics = (
+            UsageMetrics(metrics_interval, clock=clock) if isinstance(source, LapiClient | AsyncLapiClient) else None
+        )
         self.priorities = list(priorities)
         self.fallback = fallback
         self.max_staleness = max_staleness
@@ -280,6 +290,18 @@ class _Engine(Generic[_Source]):
         """``counters``, then starts counting again from zero (for a periodic metrics push)."""
         counts: dict[tuple[str, str], int] = self._answer.take_counts()
         return counts
+
+    def count_answer_as(self, ip: str, answer: str) -> None:
+        """Counts the last answer for ``ip`` as ``answer``: what the bouncer finally did differed.
+
+        A solved captcha lets the request through, so it is reported as ``bypass`` (usage
+        metrics count the final answer). Raises ``InvalidIP`` like ``get_ip_remediation``.
+        """
+        self._answer.recount(ip, answer)
+
+    def active_decisions(self) -> dict[tuple[str, str], int]:
+        """Decisions in force now, by (origin, remediation); allowlist entries are left out."""
+        return {k: n for k, n in self.index.active_counts(self.clock()).items() if k[1] != ALLOW}
 
     def _mapped(self, kind: str) -> str:
         return kind if kind in self.priorities else self.fallback
@@ -521,6 +543,13 @@ class _Engine(Generic[_Source]):
             self._last_error = f"{type(error).__name__}: {error}"
         return schedule.next_delay(error is None and self._last_error is None)
 
+    def _metrics_body(self, force: bool) -> dict[str, Any] | None:
+        """The usage-metrics body when a push is due (or forced), taking the counts; else None."""
+        um = self.usage_metrics
+        if um is None or um.disabled or not (force or um.due()):
+            return None
+        return um.take(self.take_counters(), self.active_decisions())
+
     def health(self) -> Health:
         """The age of the last good refresh, the last error, and whether ``stale_action`` answers."""
         self._check_staleness()
@@ -657,6 +686,24 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
             fetched = [self._fetch(source, p) for p in plans or ()]
             return self._commit(parsed, plans, fetched, startup, started, bad_links)
 
+    def push_usage_metrics(self, force: bool = True) -> bool:
+        """Pushes the usage metrics to the LAPI now (or, without ``force``, when due).
+
+        Returns whether a push was made and accepted; a failed one keeps its counts for the
+        next and never raises (see ``usage_metrics.last_error``).
+        """
+        body = self._metrics_body(force)
+        if body is None:
+            return False
+        assert isinstance(self.source, LapiClient) and self.usage_metrics is not None
+        try:
+            self.source.push_usage_metrics(body)
+        except Exception as e:
+            self.usage_metrics.done(e)
+            return False
+        self.usage_metrics.done(None)
+        return True
+
     def start(
         self,
         interval: float | None = None,
@@ -668,7 +715,8 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
 
         ``interval`` defaults to 10 s from a LAPI and to ``min_interval`` (2 h) from CAPI, with
         ``jitter``; a failure is retried sooner (see ``capi_fast.refresher``) and the last good
-        decisions keep answering. ``wait(seconds)`` returns True to stop (default: the stop event).
+        decisions keep answering. Usage metrics go to a LAPI source when due
+        (``metrics_interval``). ``wait(seconds)`` returns True to stop (default: the stop event).
         """
         schedule = self._background_schedule(interval, jitter)
         stop = self._stop_event = threading.Event()
@@ -684,6 +732,7 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
                     self.refresh_decisions()
                 except Exception as e:  # the refresher never dies: reported by health(), retried
                     error = e
+                self.push_usage_metrics(force=False)
                 delay = self._background_delay(schedule, error)
 
         thread = threading.Thread(target=run, name="capi-fast-refresh", daemon=True)

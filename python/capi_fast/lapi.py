@@ -24,6 +24,7 @@ from capi_fast.lists import Allowlist, Blocklist
 __all__ = ["AsyncLapiClient", "LapiClient"]
 
 _WHAT = "LAPI decisions stream"
+_METRICS = "LAPI usage metrics"
 
 
 class _LapiRules:
@@ -89,6 +90,10 @@ class _LapiRules:
         headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
         params = {"startup": "true" if startup else "false", **self._filters}
         return f"{self.base_url}v1/decisions/stream", params, headers
+
+    def _metrics_request(self) -> tuple[str, dict[str, str]]:
+        headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Content-Type": "application/json"}
+        return f"{self.base_url}v1/usage-metrics", headers
 
     @staticmethod
     def _document(body: bytes) -> dict[str, Any]:
@@ -159,6 +164,19 @@ class LapiClient(_LapiRules):
         body: bytes = self.policy.run(_WHAT, once, self._sleep)
         return body
 
+    def push_usage_metrics(self, body: dict[str, Any]) -> None:
+        """``POST /v1/usage-metrics`` (``capi_fast.usage_metrics`` builds ``body``).
+
+        Raises ``CapiError`` with ``status`` 404 from a LAPI older than crowdsec 1.6.3.
+        """
+        url, headers = self._metrics_request()
+        content = orjson.dumps(body)
+
+        def once() -> Any:
+            return self.policy.check(self._http.post(url, content=content, headers=headers), _METRICS, raw=True)
+
+        self.policy.run(_METRICS, once, self._sleep)
+
     def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
         """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""
         raise self._no_blocklists()
@@ -207,6 +225,16 @@ class AsyncLapiClient(_LapiRules):
 
         body: bytes = await self.policy.run_async(_WHAT, once, self._sleep)
         return body
+
+    async def push_usage_metrics(self, body: dict[str, Any]) -> None:
+        """``LapiClient.push_usage_metrics``, awaited."""
+        url, headers = self._metrics_request()
+        content = orjson.dumps(body)
+
+        async def once() -> Any:
+            return self.policy.check(await self._http.post(url, content=content, headers=headers), _METRICS, raw=True)
+
+        await self.policy.run_async(_METRICS, once, self._sleep)
 
     async def fetch_blocklist(self, link: Any, if_modified_since: str | float | None = None) -> Blocklist:
         """LAPI streams carry no blocklist links; present so the engine can treat sources alike."""

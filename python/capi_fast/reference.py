@@ -384,6 +384,13 @@ class ReferenceIndex:
             if exp > now_ms
         ]
 
+    def active_counts(self, now: float | None = None) -> dict[tuple[str, str], int]:
+        """Active decisions at ``now`` by (origin, remediation)."""
+        out: dict[tuple[str, str], int] = {}
+        for _, org, rem, _ in self._active(_ms(_clock(now))):
+            out[(org, rem)] = out.get((org, rem), 0) + 1
+        return out
+
     def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
         """The fewest CIDRs covering exactly the addresses answering ``remediation``."""
         if family not in (4, 6):

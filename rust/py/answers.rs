@@ -176,6 +176,35 @@ impl Remediator {
         }
     }
 
+    /// Counts the last answer for `ip` as `answer` instead of what `get` gave: the final
+    /// answer differed (a solved captcha lets the request through, so it counts as a bypass).
+    /// The count moves within the deciding decision's origin; nothing moves when no count is
+    /// there to move (the decision changed in between). Raises `InvalidIP` like `get`.
+    #[pyo3(signature = (ip, answer, now = None))]
+    fn recount(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, answer: &str, now: Option<f64>) -> PyResult<()> {
+        let addr = addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?;
+        let now = ms(clock(now)?);
+        let st = self.state.read();
+        let ix = st.index.get().inner.read();
+        let mut c = self.counts.lock();
+        let origin = match ix.winner(addr, now) {
+            Some(tag) => match c.by_tag.get_mut(tag as usize) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    ix.origins()[ix.tag_parts(tag).0 as usize].clone()
+                }
+                _ => return Ok(()),
+            },
+            None if c.clean > 0 => {
+                c.clean -= 1;
+                CLEAN.to_owned()
+            }
+            None => return Ok(()),
+        };
+        *c.folded.entry((origin, answer.to_owned())).or_default() += 1;
+        Ok(())
+    }
+
     /// Answers `get` from now on; the counts so far are kept.
     fn set_index(&self, py: Python<'_>, index: Py<PyDecisionIndex>) {
         let mut st = self.state.write();

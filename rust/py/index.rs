@@ -413,6 +413,25 @@ impl PyDecisionIndex {
         Ok((Self::wrap(ix), PyBytes::new(py, &meta).unbind()))
     }
 
+    /// Active decisions at `now` by (origin, remediation), as usage metrics' `active_decisions`.
+    #[pyo3(signature = (now = None))]
+    fn active_counts<'py>(&self, py: Python<'py>, now: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
+        let now = ms(clock(now)?);
+        let ix = self.inner.snapshot();
+        let by_tag = py.detach(|| ix.active_by_tag(now));
+        let out = PyDict::new(py);
+        for (tag, &n) in by_tag.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            let (origin, rem) = ix.tag_parts(tag as u16);
+            let key = (ix.origins()[origin as usize].as_str(), ix.remediations()[rem as usize].as_str());
+            let before: u64 = match out.get_item(key)? {
+                Some(v) => v.extract()?,
+                None => 0,
+            };
+            out.set_item(key, before + n)?;
+        }
+        Ok(out)
+    }
+
     /// The fewest CIDRs covering exactly the addresses whose answer is `remediation` at `now`.
     #[pyo3(signature = (remediation = "ban", family = 4, now = None))]
     fn export_cidrs<'py>(
