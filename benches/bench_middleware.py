@@ -85,11 +85,11 @@ def _serve(kind: str, mode: str, port: int, env: dict[str, str]) -> subprocess.P
     path = f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     env = {**os.environ, **env, "BENCH_MODE": mode, "PYTHONPATH": path}
     if kind == "uvicorn":
-        cmd = [sys.executable, "-m", "uvicorn", "bench_asgi:app", "--port", str(port), "--no-proxy-headers"]
+        cmd = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--port", str(port), "--no-proxy-headers"]
         cmd += ["--no-access-log", "--log-level", "warning", "--lifespan", "off"]
     else:
         cmd = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
-        cmd.append("bench_wsgi:app")
+        cmd.append("wsgi_app:app")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -40,7 +40,7 @@ def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def uvicorn_serving(app: Any, uds: str | None = None) -> Iterator[str]:
+def uvicorn_serving(app: Any, uds: str | None = None, lifespan: str = "off") -> Iterator[str]:
     """``app`` under a real uvicorn server; yields its base URL (or the socket path with ``uds``).
 
     uvicorn's own proxy-header handling is off: the middleware decides whom to trust.
@@ -51,7 +51,7 @@ def uvicorn_serving(app: Any, uds: str | None = None) -> Iterator[str]:
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(uds)
         sock.listen(128)
-    config = uvicorn.Config(app, lifespan="off", proxy_headers=False, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, lifespan=lifespan, proxy_headers=False, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

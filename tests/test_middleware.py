@@ -7,9 +7,11 @@ proxy and the address travels in the forwarding header, as behind a real reverse
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,6 +53,19 @@ def starlette_app() -> Starlette:
             WebSocketRoute("/ws", _ws),
         ]
     )
+
+
+def flask_hello() -> Any:
+    from flask import Flask
+
+    flask = Flask("hello")
+
+    @flask.route("/", methods=["GET", "POST"])
+    @flask.route("/page", methods=["GET", "POST"])
+    def hello() -> str:
+        return "hello from flask"
+
+    return flask.wsgi_app
 
 
 def engine_with_decisions() -> RemediationEngine:
@@ -180,16 +195,136 @@ def test_banned_websocket_is_refused_at_the_handshake(engine):
         assert " 403 " in handshake(url, BANNED)
 
 
-def test_request_path_never_raises_and_applies_stale_action(tmp_path):
-    # Over a unix socket there is no client address: the lookup fails inside the bouncer.
-    for stale_action, status in (("bypass", 200), ("ban", 403)):
-        engine = RemediationEngine(None, stale_action=stale_action)
-        app = AsgiBouncer(starlette_app(), engine)
-        sock = str(tmp_path / f"{stale_action}.sock")
+def test_unix_socket_without_unix_trusted_fails_closed(engine, tmp_path):
+    # nginx -> uvicorn over a unix socket: there is no peer address. Unless "unix" is trusted,
+    # the header is not read and the request has no client: it is refused, never let through.
+    for trusted, ip, status in (
+        (["127.0.0.1"], CLEAN, 403),
+        (["unix"], CLEAN, 200),
+        (["unix"], BANNED, 403),
+        (["unix"], None, 403),
+    ):
+        app = AsgiBouncer(starlette_app(), engine, trusted_proxies=trusted)
+        sock = str(tmp_path / "app.sock")
         with uvicorn_serving(app, uds=sock):
             with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=10) as c:
-                assert c.get("http://localhost/").status_code == status
-        assert app.bouncer.errors == 1
+                headers = {"x-forwarded-for": ip} if ip else {}
+                assert c.get("http://localhost/", headers=headers).status_code == status, (trusted, ip)
+        assert app.bouncer.errors == (1 if status == 403 and ip != BANNED else 0)
+        os.unlink(sock)
+
+
+class BrokenEngine:
+    """An engine whose lookups fail (fault injection at the middleware's boundary)."""
+
+    fallback = "captcha"
+
+    def __init__(self, stale_action: str) -> None:
+        self.stale_action = stale_action
+
+    def get_ip_remediation(self, ip: str) -> str:
+        raise RuntimeError("the engine broke")
+
+    def count_answer_as(self, ip: str, answer: str) -> None:
+        raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize("stale_action,status", [("bypass", 200), ("ban", 403)])
+def test_a_failing_decision_applies_stale_action(stale_action, status):
+    app = AsgiBouncer(starlette_app(), BrokenEngine(stale_action))
+    wsgi = WsgiBouncer(flask_hello(), BrokenEngine(stale_action))
+    with uvicorn_serving(app) as url, waitress_serving(wsgi) as wsgi_url:
+        assert httpx.get(url + "/", timeout=10).status_code == status
+        assert httpx.get(wsgi_url + "/", timeout=10).status_code == status
+    assert app.bouncer.errors == 1 and wsgi.bouncer.errors == 1
+
+
+class BrokenVerify(Captcha):
+    def verify(self, token: str, ip: str) -> bool:
+        raise RuntimeError("verify broke")
+
+    async def averify(self, token: str, ip: str) -> bool:
+        raise RuntimeError("verify broke")
+
+
+def test_an_error_while_answering_a_challenge_never_lets_the_client_in(engine):
+    cap = BrokenVerify("turnstile", site_key="s", secret_key="k", cookie_key="c" * 32, verify_url="http://127.0.0.1:1/")
+    app = AsgiBouncer(starlette_app(), engine, trusted_proxies=["127.0.0.1"], captcha=cap)
+    wsgi = WsgiBouncer(flask_hello(), engine, trusted_proxies=["127.0.0.1"], captcha=cap)
+    with uvicorn_serving(app) as url, waitress_serving(wsgi) as wsgi_url, httpx.Client(timeout=10) as c:
+        for base in (url, wsgi_url):
+            r = post_token(c, base + "/page", CAPTCHA_IP, cap.spec.field, "token")
+            assert r.status_code == 401 and 'class="cf-turnstile"' in r.text, "the captcha page, not the app"
+    assert app.bouncer.errors == 1 and wsgi.bouncer.errors == 1
+
+
+def test_addresses_are_read_as_the_engine_reads_them(engine):
+    from capi_fast.bouncer import Bouncer
+
+    engine.index.add("fe80::1", "ban", origin="CAPI")
+    engine.index.add("10.1.2.3", "ban", origin="CAPI")
+    no_headers = lambda name: []  # noqa: E731
+    direct = Bouncer(engine, exclude_addresses=["10.1.0.0/16"])
+    assert direct.decide("fe80::1%eth0", "/", no_headers)[1] == "ban", "a zone does not hide the address"
+    assert direct.decide("::ffff:10.1.2.3", "/", no_headers) == ("10.1.2.3", "bypass"), "mapped: excluded"
+    proxied = Bouncer(engine, trusted_proxies=["127.0.0.1"])
+    xff = {"x-forwarded-for": ["fe80::1%eth0", "::ffff:127.0.0.2"]}
+    assert proxied.decide("::ffff:127.0.0.1", "/", lambda n: xff.get(n, [])) == ("127.0.0.2", "bypass")
+    assert (
+        proxied.decide("127.0.0.1", "/", lambda n: ["[fe80::1%eth0]:443"] if n == "x-forwarded-for" else [])[1] == "ban"
+    )
+    assert direct.errors == 0 and proxied.errors == 0
+
+
+def test_excluded_paths_do_not_cover_dot_segments(engine):
+    from capi_fast.bouncer import Bouncer
+
+    b = Bouncer(engine, exclude_paths=["/static/", "/healthz"])
+    headers = lambda name: []  # noqa: E731
+    assert b.decide(BANNED, "/static/app.css", headers)[1] == "bypass"
+    assert b.decide(BANNED, "/healthz", headers)[1] == "bypass"
+    for sneaky in ("/static/../admin", "/static/./x/../../admin", "/static//admin", "/static/..", "/static/a\\..\\b"):
+        assert b.decide(BANNED, sneaky, headers)[1] == "ban", sneaky
+
+
+def test_cookie_is_found_among_cookies_python_cannot_parse(engine):
+    cap = captcha("http://127.0.0.1:1/")
+    good = cap.cookie_value(CAPTCHA_IP)
+    for header in (
+        f'prefs={{"a":1,"b":2}}; {COOKIE_NAME}={good}',
+        f"ga=GA1.1 x; {COOKIE_NAME}={good}",
+        f'q=a"b; {COOKIE_NAME}={good}',
+        f"{COOKIE_NAME}={good}; {COOKIE_NAME}=garbage",
+        f"{COOKIE_NAME}=garbage; {COOKIE_NAME}={good}",
+    ):
+        assert cap.solved(CAPTCHA_IP, header), header
+    assert not cap.solved("198.51.100.8", f"{COOKIE_NAME}={good}")
+    assert not cap.solved(CAPTCHA_IP, f"x{COOKIE_NAME}={good}")
+
+
+def test_async_engine_started_in_the_lifespan_of_the_app():
+    from contextlib import asynccontextmanager
+
+    from capi_fast import AsyncLapiClient, AsyncRemediationEngine
+    from servers import FakeLapi
+
+    with FakeLapi() as lapi:
+        engine = AsyncRemediationEngine(AsyncLapiClient(lapi.url, FakeLapi.KEY))
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> Any:
+            engine.start()
+            yield
+            await engine.stop()
+
+        inner = Starlette(routes=[Route("/", _hello)], lifespan=lifespan)
+        app = AsgiBouncer(inner, engine, trusted_proxies=["127.0.0.1"])
+        with uvicorn_serving(app, lifespan="on") as url:
+            assert engine.health().running
+            engine.index.add(BANNED, "ban", origin="crowdsec")
+            assert get(url + "/", BANNED).status_code == 403
+            assert get(url + "/", CLEAN).status_code == 200
+        assert not engine.health().running, "stopped by the lifespan's shutdown"
 
 
 # -- the captcha flow ---------------------------------------------------------------------------
@@ -286,6 +421,27 @@ def test_captcha_redirect_never_leaves_the_site(engine):
             assert r.status_code == 303
             assert r.headers["location"].startswith("/") and not r.headers["location"].startswith("//")
             assert "\r" not in r.headers["location"] and r.headers.get_list("set-cookie")[0].startswith(COOKIE_NAME)
+
+
+def test_redirect_keeps_the_path_as_sent_and_cookie_is_secure_behind_tls(engine):
+    with FakeVerify() as verify:
+        cap = captcha(verify.url)
+        app = AsgiBouncer(starlette_app(), engine, trusted_proxies=["127.0.0.1"], captcha=cap)
+        with uvicorn_serving(app) as url, httpx.Client(timeout=10) as client:
+            r = client.post(
+                url + "/a%2Fb?x=%20y",
+                data={cap.spec.field: FakeVerify.TOKEN},
+                headers={"x-forwarded-for": CAPTCHA_IP, "x-forwarded-proto": "https"},
+            )
+            assert r.status_code == 303 and r.headers["location"] == "/a%2Fb?x=%20y"
+            assert r.headers["set-cookie"].endswith("; Secure")
+            r = post_token(client, url + "/", CAPTCHA_IP, cap.spec.field, FakeVerify.TOKEN)
+            assert "Secure" not in r.headers["set-cookie"], "plain http: a Secure cookie would never come back"
+    # X-Forwarded-Proto from an untrusted peer is not believed.
+    app = AsgiBouncer(starlette_app(), engine, trusted_proxies=["10.0.0.0/8"], captcha=cap)
+    headers = {"x-forwarded-proto": ["https"]}
+    assert not app.bouncer.secure("http", "127.0.0.1", lambda n: headers.get(n, []))
+    assert app.bouncer.secure("https", "127.0.0.1", lambda n: [])
 
 
 def test_json_clients_are_told_a_captcha_is_required(engine):

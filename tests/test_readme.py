@@ -22,10 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from capi_fast import RemediationEngine
 from capi_fast.client import _BaseClient
 from capi_fast.testing import CapiSimulator
+from servers import FakeLapi, uvicorn_serving, waitress_serving
+
+TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 RESULT = re.compile(r"^(?P<expr>\S.*?)\s+# -> (?P<value>.+?)(?:\s{2,}\(.*\))?$")
@@ -59,21 +64,54 @@ def sim():
         yield s
 
 
-def test_python_examples_run_as_written(sim, tmp_path, monkeypatch):
+@pytest.fixture
+def lapi():
+    with FakeLapi() as fake:
+        yield fake
+
+
+def test_python_examples_run_as_written(sim, lapi, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    import django_app  # noqa: F401 - Django's settings, which a real project's wsgi.py has
+
     defaults = dict(_BaseClient.__init__.__kwdefaults__ or {})
     monkeypatch.setattr(_BaseClient.__init__, "__kwdefaults__", {**defaults, "base_url": sim.url})
     namespace: dict[str, Any] = {"__name__": "readme"}
     found = blocks("python")
     assert len(found) >= 5
-    for number, code in enumerate(found, 1):
-        code = with_checks(code.replace("/var/lib/mywaf", str(tmp_path / "mywaf")))
-        compiled = compile(code, f"README python block {number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        result = eval(compiled, namespace)  # noqa: S307 - the project's own README
-        if asyncio.iscoroutine(result):
-            asyncio.run(result)
-    assert namespace["report"].performed
-    assert sim.signals, "the batcher example delivered its signals"
+    try:
+        for number, code in enumerate(found, 1):
+            code = code.replace("/var/lib/mywaf", str(tmp_path / "mywaf"))
+            code = code.replace("http://127.0.0.1:8080/", lapi.url).replace("from cscli bouncers add", FakeLapi.KEY)
+            compiled = compile(with_checks(code), f"README python block {number}", "exec", flags=TOP_LEVEL_AWAIT)
+            result = eval(compiled, namespace)  # noqa: S307 - the project's own README
+            if asyncio.iscoroutine(result):
+                asyncio.run(result)
+        assert namespace["report"].performed
+        assert sim.signals, "the batcher example delivered its signals"
+        _middleware_examples_protect_their_apps(namespace)
+    finally:
+        for value in namespace.values():
+            if isinstance(value, RemediationEngine):
+                value.stop()
+
+
+def _middleware_examples_protect_their_apps(ns: dict[str, Any]) -> None:
+    """The middleware blocks' apps, served for real: the engine answers for 127.0.0.1."""
+    engine = ns["engine"]
+    assert isinstance(engine, RemediationEngine) and engine.health().running
+    with uvicorn_serving(ns["app"]) as url:
+        assert httpx.get(url + "/", timeout=10).json() == {"hello": "world"}
+        engine.index.add("127.0.0.1", "ban", origin="cscli")
+        assert httpx.get(url + "/", timeout=10).status_code == 403
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 404, "excluded: the app answers"
+    for wsgi_app in (ns["flask_app"].wsgi_app, ns["application"]):
+        with waitress_serving(wsgi_app) as url:
+            assert httpx.get(url + "/", timeout=10).status_code == 403
+    engine.index.remove("127.0.0.1")
+    with waitress_serving(ns["flask_app"].wsgi_app) as url:
+        assert httpx.get(url + "/", timeout=10).status_code == 404, "a Flask app without routes"
 
 
 def _netns() -> str | None:

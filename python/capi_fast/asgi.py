@@ -94,17 +94,13 @@ class BouncerMiddleware:
         if action == BYPASS:
             await self.app(scope, receive, send)
             return
+        if kind == "websocket":  # closing before accept refuses the handshake with 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
         try:
-            if kind == "websocket":  # closing before accept refuses the handshake with 403
-                await send({"type": "websocket.close", "code": 1008})
-                return
             reply = await self._reply(scope, receive, ip, action, headers)
-        except Exception as e:  # the request path never raises
-            action = b.failed(e)
-            if action == BYPASS:
-                await self.app(scope, receive, send)
-                return
-            reply = b.ban_reply(ip, headers) if action != CAPTCHA else b.captcha_reply(ip, headers)
+        except Exception as e:  # the request path never raises, and never lets this client in
+            reply = b.reply_failed(e, ip, action, headers)
         await _send_reply(send, reply)
 
     async def _reply(self, scope: Scope, receive: Receive, ip: str, action: str, headers: Headers) -> Reply:
@@ -121,4 +117,8 @@ class BouncerMiddleware:
         if not await b.captcha.averify(token, ip):
             return b.captcha_reply(ip, headers, "The check did not succeed. Please try again.")
         query = scope.get("query_string", b"").decode("latin-1")
-        return b.solved_reply(ip, location_of(scope.get("path", "/").encode(), query), scope.get("scheme") == "https")
+        raw = scope.get("raw_path")
+        target = location_of(raw, query, encoded=True) if raw else location_of(scope.get("path", "/").encode(), query)
+        client = scope.get("client")
+        secure = b.secure(scope.get("scheme", "http"), client[0] if client else None, headers)
+        return b.solved_reply(ip, target, secure)

@@ -132,21 +132,33 @@ class Bouncer:
     # -- the decision --------------------------------------------------------------------------
 
     def excluded_path(self, path: str) -> bool:
-        """Whether ``path`` is let through unchecked."""
-        return path in self._paths or (bool(self._prefixes) and path.startswith(self._prefixes))
+        """Whether ``path`` is let through unchecked.
+
+        A path with a ``.`` or ``..`` segment, an empty segment or a backslash is never
+        excluded: an app that normalizes it could serve something else than the excluded path.
+        """
+        if path not in self._paths and not (self._prefixes and path.startswith(self._prefixes)):
+            return False
+        return not ("\\" in path or "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")))
 
     def decide(self, peer: str | None, path: str, headers: Headers) -> tuple[str, str]:
         """``(client address, action)``: the action is ``bypass``, ``ban`` or ``captcha``.
 
-        Never raises: an error on the way answers the engine's ``stale_action``.
+        Never raises: an error on the way answers the engine's ``stale_action``. A request with
+        no client address (a unix socket without ``"unix"`` in ``trusted_proxies``, or a proxy
+        that sent no header) is answered ``ban``: failing open there would turn every ban off.
         """
         ip = peer or ""
         try:
             if self._paths or self._prefixes:
                 if self.excluded_path(path):
                     return ip, BYPASS
-            if self.address.trusted and peer:
-                ip = self.address.resolve(peer, headers(self.address.header))
+            if self.address.trusted_any:
+                ip = self.address.resolve(ip, headers(self.address.header))
+            elif "%" in ip or ("." in ip and ":" in ip):
+                ip = canonical(ip)
+            if not ip:
+                return ip, self._no_address()
             if self._excluded_nets and self._excluded_address(ip):
                 return ip, BYPASS
             answer = self.engine.get_ip_remediation(ip)
@@ -156,11 +168,23 @@ class Bouncer:
         except Exception as e:  # the request path never raises
             return ip, self.failed(e)
 
+    def _no_address(self) -> str:
+        self.errors += 1
+        if self._may_log():
+            log.error(
+                "a request has no client address (a unix socket? add 'unix' to trusted_proxies so the "
+                "proxy's %s header is read); answering ban",
+                self.address.header,
+            )
+        return BAN
+
     def _excluded_address(self, ip: str) -> bool:
         try:
             a = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+            a = a.ipv4_mapped
         return any(a.version == n.version and a in n for n in self._excluded_nets)
 
     def _action(self, ip: str, answer: str, headers: Headers) -> str:
@@ -177,17 +201,46 @@ class Bouncer:
                 return BYPASS
         return answer
 
-    def failed(self, error: BaseException) -> str:
-        """Logs an error of the request path (at most once a minute); the stale action to apply."""
-        self.errors += 1
+    def _may_log(self) -> bool:
         now = self._clock()
-        if now - self._last_error_log >= _ERROR_LOG_EVERY:
-            self._last_error_log = now
+        if now - self._last_error_log < _ERROR_LOG_EVERY:
+            return False
+        self._last_error_log = now
+        return True
+
+    def failed(self, error: BaseException) -> str:
+        """Logs an error of the decision (at most once a minute); the stale action to apply."""
+        self.errors += 1
+        if self._may_log():
             log.error("the bouncer failed on a request; answering %r", self.engine.stale_action, exc_info=error)
         action = self.engine.stale_action
         if action == CAPTCHA and self.captcha is None:
             return BAN
         return action if action in (BAN, CAPTCHA) else BYPASS
+
+    def reply_failed(self, error: BaseException, ip: str, action: str, headers: Headers) -> Reply:
+        """After an error while answering ``ban`` or ``captcha``: that answer's page, never the app."""
+        self.errors += 1
+        if self._may_log():
+            log.error("the bouncer failed while answering %r; serving its page", action, exc_info=error)
+        try:
+            return self.captcha_reply(ip, headers) if action == CAPTCHA else self.ban_reply(ip, headers)
+        except Exception:
+            return Reply(self.ban_status, [("content-type", "text/plain"), _NO_STORE], b"Forbidden")
+
+    def secure(self, scheme: str, peer: str | None, headers: Headers) -> bool:
+        """Whether the captcha cookie gets ``Secure``.
+
+        As configured, else when the client came over https: the server's scheme, or a trusted
+        proxy's ``X-Forwarded-Proto``.
+        """
+        assert self.captcha is not None
+        if self.captcha.secure_cookie is not None:
+            return self.captcha.secure_cookie
+        if scheme == "https":
+            return True
+        proto = headers("x-forwarded-proto")
+        return bool(proto) and proto[-1].strip().lower() == "https" and self.address.is_trusted_peer(peer)
 
     # -- the replies ---------------------------------------------------------------------------
 
@@ -253,14 +306,31 @@ def _wants_json(headers: Headers) -> bool:
     return "json" in text and "text/html" not in text
 
 
-def location_of(path: bytes, query: str) -> str:
-    """A same-site redirect target for a request's (decoded) path and query: never another host.
+def canonical(ip: str) -> str:
+    """An address as the engine, the exclusions and the cookie all see it.
 
-    The path is percent-encoded again, so nothing in it can end the header or name a host.
+    No zone (``fe80::1%eth0``), IPv4-mapped IPv6 as IPv4; unchanged when it is not an address.
     """
-    quoted = quote(b"/" + path.lstrip(b"/\\"), safe="/:@!$&'()*+,;=-._~")
+    text = ip.split("%", 1)[0]
+    try:
+        a = ipaddress.ip_address(text)
+    except ValueError:
+        return ip
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        return str(a.ipv4_mapped)
+    return text
+
+
+def location_of(path: bytes, query: str, encoded: bool = False) -> str:
+    """A same-site redirect target for a request's path and query: never another host.
+
+    The path (decoded, or as sent with ``encoded``) is percent-encoded again, so nothing in it
+    can end the header or name a host.
+    """
+    safe = "/:@!$&'()*+,;=-._~" + ("%" if encoded else "")
+    quoted = quote(b"/" + path.lstrip(b"/\\"), safe=safe)
     query = quote(query, safe="=&;%+/?:@!$'()*,-._~")
     return f"{quoted}?{query}" if query else quoted
 
 
-__all__ += ["Headers", "location_of"]
+__all__ += ["Headers", "canonical", "location_of"]

@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import httpx
@@ -89,6 +88,8 @@ class Captcha:
         verify_url: the provider's verify endpoint (default: the provider's own).
         timeout: seconds to wait for the verify endpoint; a provider that does not answer in
             time counts as a failed solve (the page is shown again).
+        secure_cookie: ``Secure`` on the cookie: None (default) sets it when the client came
+            over https (the server's scheme, or a trusted proxy's ``X-Forwarded-Proto``).
         clock: Unix time source (for the cookie's expiry).
     """
 
@@ -102,6 +103,7 @@ class Captcha:
         ttl: float = 3600.0,
         verify_url: str | None = None,
         timeout: float = 5.0,
+        secure_cookie: bool | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if provider not in PROVIDERS:
@@ -125,6 +127,7 @@ class Captcha:
         if not self.verify_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"verify_url must be an http(s) URL, got {self.verify_url!r}")
         self.timeout = float(timeout)
+        self.secure_cookie = secure_cookie
         self.clock = clock
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
@@ -148,22 +151,25 @@ class Captcha:
         return f"{COOKIE_NAME}={self.cookie_value(ip)}; {attrs}" + ("; Secure" if secure else "")
 
     def solved(self, ip: str, cookie_header: str | None) -> bool:
-        """Whether a ``Cookie`` header holds an unexpired solve signed for ``ip``."""
+        """Whether a ``Cookie`` header holds an unexpired solve signed for ``ip``.
+
+        The header is split by hand: other cookies of the site (JSON values, quotes, spaces)
+        must not hide ours, and any of several values of our name may be the good one.
+        """
         if not cookie_header or COOKIE_NAME not in cookie_header:
             return False
-        try:
-            morsel = SimpleCookie(cookie_header).get(COOKIE_NAME)
-        except CookieError:
-            return False
-        if morsel is None:
-            return False
-        expiry_text, _, signature = morsel.value.partition(".")
-        if not expiry_text.isdigit() or len(expiry_text) > 12:
-            return False
-        expiry = int(expiry_text)
-        if expiry <= self.clock():
-            return False
-        return hmac.compare_digest(signature, self._signature(ip, expiry))
+        now = self.clock()
+        for pair in cookie_header.split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip() != COOKIE_NAME:
+                continue
+            expiry_text, _, signature = value.strip().strip('"').partition(".")
+            if not expiry_text.isdigit() or len(expiry_text) > 12:
+                continue
+            expiry = int(expiry_text)
+            if expiry > now and hmac.compare_digest(signature, self._signature(ip, expiry)):
+                return True
+        return False
 
     # -- the provider's verdict ----------------------------------------------------------------
 

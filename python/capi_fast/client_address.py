@@ -70,9 +70,11 @@ def _plain(text: str) -> str | None:
     are taken off first.
     """
     t = text.strip()
+    if "%" in t:  # an IPv6 zone (fe80::1%eth0) names an interface, not another address
+        t = t.split("%", 1)[0] + ("]" + t.split("]", 1)[1] if "]" in t else "")
     if not t:
         return None
-    if '"' in t or "[" in t or t.count(":") == 1:
+    if '"' in t or "[" in t or t.count(":") == 1 or (t[:7].lower() == "::ffff:" and "." in t):
         found = _address(t)
         return None if found is None else str(found)
     return t
@@ -83,7 +85,8 @@ class ClientAddress:
 
     Args:
         trusted_proxies: addresses or networks of the reverse proxies in front of the app
-            (e.g. ``["10.0.0.0/8", "127.0.0.1"]``); empty (the default) trusts no header.
+            (e.g. ``["10.0.0.0/8", "127.0.0.1"]``); ``"unix"`` trusts a request that came
+            through a unix socket (it has no peer address). Empty (the default) trusts no header.
         header: ``x-forwarded-for`` (default) or ``forwarded`` (RFC 7239): the one your proxies
             write. Only that one is read, so a client cannot slip the other past them.
     """
@@ -95,12 +98,18 @@ class ClientAddress:
         if header not in HEADERS:
             raise ConfigurationError(f"header must be one of {HEADERS}, got {header!r}")
         nets: list[_Net] = []
+        self.unix = False
         for p in trusted_proxies:
+            if p == "unix":
+                self.unix = True
+                continue
             try:
                 nets.append(ipaddress.ip_network(p, strict=False))
             except (ValueError, TypeError):
                 raise ConfigurationError(f"trusted proxy {p!r} is not an address or network") from None
         self.trusted = tuple(nets)
+        #: Whether any header can be believed (some proxy, or unix sockets, is trusted).
+        self.trusted_any = bool(nets) or self.unix
         self.header = header
         # The native index answers "is this address in one of these networks?" (and "is it an
         # address at all?") in one call, IPv4-mapped IPv6 included.
@@ -115,14 +124,31 @@ class ClientAddress:
         except InvalidIP:
             return None
 
-    def resolve(self, peer: str, header_values: Iterable[str] = ()) -> str:
-        """The client's address, given the socket peer and the values of ``header`` in order."""
-        peer_text = _plain(peer)
-        trusted = None if peer_text is None else self._trust(peer_text)
-        if trusted is None or peer_text is None:
-            return peer
-        if not trusted:
-            return peer_text
+    def is_trusted_peer(self, peer: str | None) -> bool:
+        """Whether ``peer`` (None or "": a unix socket) is one of the trusted proxies."""
+        if not peer:
+            return self.unix
+        text = _plain(peer)
+        return text is not None and bool(self._trust(text))
+
+    def resolve(self, peer: str | None, header_values: Iterable[str] = ()) -> str:
+        """The client's address, given the socket peer and the values of ``header`` in order.
+
+        A peer of None or "" (a unix socket) is a trusted hop with ``"unix"`` trusted, else the
+        answer is "" (no address).
+        """
+        if not peer:
+            peer_text = ""
+            if not self.unix:
+                return ""
+        else:
+            found_peer = _plain(peer)
+            trusted = None if found_peer is None else self._trust(found_peer)
+            if trusted is None or found_peer is None:
+                return peer
+            peer_text = found_peer
+            if not trusted:
+                return peer_text
         values = list(header_values)
         if self.header == "forwarded":
             entries = _forwarded_for(values)

@@ -86,11 +86,8 @@ class BouncerMiddleware:
             return self.app(environ, start_response)
         try:
             reply = self._reply(environ, ip, action, headers)
-        except Exception as e:  # the request path never raises
-            action = b.failed(e)
-            if action == BYPASS:
-                return self.app(environ, start_response)
-            reply = b.ban_reply(ip, headers) if action != CAPTCHA else b.captcha_reply(ip, headers)
+        except Exception as e:  # the request path never raises, and never lets this client in
+            reply = b.reply_failed(e, ip, action, headers)
         return _respond(start_response, reply)
 
     def _reply(self, environ: Environ, ip: str, action: str, headers: Headers) -> Reply:
@@ -106,6 +103,6 @@ class BouncerMiddleware:
         assert b.captcha is not None
         if not b.captcha.verify(token, ip):
             return b.captcha_reply(ip, headers, "The check did not succeed. Please try again.")
-        secure = environ.get("wsgi.url_scheme") == "https"
+        secure = b.secure(environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"), headers)
         path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/")).encode("latin-1", "replace")
         return b.solved_reply(ip, location_of(path, environ.get("QUERY_STRING", "")), secure)
