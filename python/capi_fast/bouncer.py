@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, quote
 import orjson
 
 from capi_fast.captcha import MAX_FORM_BYTES, Captcha
-from capi_fast.client_address import ClientAddress
+from capi_fast.client_address import ClientAddress, address_text
 from capi_fast.errors import ConfigurationError
 from capi_fast.pages import BAN_TEMPLATE, CAPTCHA_TEMPLATE, captcha_form, checked_template, render
 
@@ -155,8 +155,8 @@ class Bouncer:
                     return ip, BYPASS
             if self.address.trusted_any:
                 ip = self.address.resolve(ip, headers(self.address.header))
-            elif "%" in ip or ("." in ip and ":" in ip):
-                ip = canonical(ip)
+            elif "%" in ip or ("." in ip and ":" in ip):  # a zone, or IPv4-mapped IPv6
+                ip = address_text(ip) or ip
             if not ip:
                 return ip, self._no_address()
             if self._excluded_nets and self._excluded_address(ip):
@@ -306,21 +306,6 @@ def _wants_json(headers: Headers) -> bool:
     return "json" in text and "text/html" not in text
 
 
-def canonical(ip: str) -> str:
-    """An address as the engine, the exclusions and the cookie all see it.
-
-    No zone (``fe80::1%eth0``), IPv4-mapped IPv6 as IPv4; unchanged when it is not an address.
-    """
-    text = ip.split("%", 1)[0]
-    try:
-        a = ipaddress.ip_address(text)
-    except ValueError:
-        return ip
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        return str(a.ipv4_mapped)
-    return text
-
-
 def location_of(path: bytes, query: str, encoded: bool = False) -> str:
     """A same-site redirect target for a request's path and query: never another host.
 
@@ -333,4 +318,4 @@ def location_of(path: bytes, query: str, encoded: bool = False) -> str:
     return f"{quoted}?{query}" if query else quoted
 
 
-__all__ += ["Headers", "canonical", "location_of"]
+__all__ += ["Headers", "location_of"]

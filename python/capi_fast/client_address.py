@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from capi_fast._native import DecisionIndex
 from capi_fast.errors import ConfigurationError, InvalidIP
 
-__all__ = ["ClientAddress"]
+__all__ = ["ClientAddress", "address_text"]
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,7 +63,7 @@ def _forwarded_for(values: Iterable[str]) -> list[str]:
     return out
 
 
-def _plain(text: str) -> str | None:
+def address_text(text: str) -> str | None:
     """The address an entry names, as text the native index reads; None when it is not one.
 
     A plain address is returned as written (the index checks it); a port, brackets or quotes
@@ -128,7 +128,7 @@ class ClientAddress:
         """Whether ``peer`` (None or "": a unix socket) is one of the trusted proxies."""
         if not peer:
             return self.unix
-        text = _plain(peer)
+        text = address_text(peer)
         return text is not None and bool(self._trust(text))
 
     def resolve(self, peer: str | None, header_values: Iterable[str] = ()) -> str:
@@ -142,7 +142,7 @@ class ClientAddress:
             if not self.unix:
                 return ""
         else:
-            found_peer = _plain(peer)
+            found_peer = address_text(peer)
             trusted = None if found_peer is None else self._trust(found_peer)
             if trusted is None or found_peer is None:
                 return peer
@@ -156,7 +156,7 @@ class ClientAddress:
             entries = [e for v in values for e in v.split(",")]
         current = peer_text
         for entry in reversed(entries):
-            found = _plain(entry)
+            found = address_text(entry)
             hop = None if found is None else self._trust(found)
             if hop is None or found is None:
                 return peer_text  # a chain with a hole cannot be trusted
