@@ -34,9 +34,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def _headers(scope: Scope) -> Headers:
     raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
 
-    def values(name: str) -> list[str]:
+    def values(name: str) -> list[str]:  # ASGI servers give header names in lower case
         key = name.encode()
-        return [v.decode("latin-1") for k, v in raw if k.lower() == key]
+        return [v.decode("latin-1") for k, v in raw if k == key]
 
     return values
 
@@ -115,7 +115,7 @@ class BouncerMiddleware:
             return b.captcha_reply(ip, headers)
         assert b.captcha is not None
         if not await b.captcha.averify(token, ip):
-            return b.captcha_reply(ip, headers, "The check did not succeed. Please try again.")
+            return b.captcha_reply(ip, headers, retry=True)
         query = scope.get("query_string", b"").decode("latin-1")
         raw = scope.get("raw_path")
         target = location_of(raw, query, encoded=True) if raw else location_of(scope.get("path", "/").encode(), query)

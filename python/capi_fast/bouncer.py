@@ -33,7 +33,7 @@ import orjson
 from capi_fast.captcha import MAX_FORM_BYTES, Captcha
 from capi_fast.client_address import ClientAddress, address_text
 from capi_fast.errors import ConfigurationError
-from capi_fast.pages import BAN_TEMPLATE, CAPTCHA_TEMPLATE, captcha_form, checked_template, render
+from capi_fast.pages import BAN_TEMPLATE, CAPTCHA_TEMPLATE, Page, captcha_form, checked_template
 
 __all__ = ["BAN", "BYPASS", "CAPTCHA", "Bouncer", "Reply"]
 
@@ -41,6 +41,7 @@ log = logging.getLogger("capi_fast.bouncer")
 
 BYPASS, BAN, CAPTCHA = "bypass", "ban", "captcha"
 _ERROR_LOG_EVERY = 60.0
+_RETRY = "The check did not succeed. Please try again."
 
 #: A function giving the values of one request header (lower-case name), in order.
 Headers = Callable[[str], list[str]]
@@ -120,10 +121,12 @@ class Bouncer:
             self._excluded_nets = tuple(ipaddress.ip_network(a, strict=False) for a in exclude_addresses)
         except (ValueError, TypeError):
             raise ConfigurationError(f"exclude_addresses: {exclude_addresses!r} holds a non-network") from None
-        self._ban_page = checked_template(ban_template, (), "ban_template")
-        self._captcha_page = checked_template(captcha_template, ("form",), "captcha_template")
+        self._ban_page = Page(checked_template(ban_template, (), "ban_template"))
+        captcha_page = checked_template(captcha_template, ("form",), "captcha_template")
+        form = captcha_form(captcha) if captcha is not None else ""
+        self._captcha_page = Page(captcha_page, {"form": form, "error": ""})
+        self._captcha_retry = Page(captcha_page, {"form": form, "error": f'<p class="error">{_RETRY}</p>'})
         self.ban_status, self.captcha_status = ban_status, captcha_status
-        self._form = captcha_form(captcha) if captcha is not None else ""
         self._clock = clock
         self._last_error_log = -_ERROR_LOG_EVERY
         #: Errors caught on the request path (each answered with the engine's stale action).
@@ -249,16 +252,15 @@ class Bouncer:
         if _wants_json(headers):
             body = orjson.dumps({"error": "forbidden", "remediation": BAN})
             return Reply(self.ban_status, [("content-type", "application/json"), _NO_STORE], body)
-        page = render(self._ban_page, ip=ip)
+        page = self._ban_page.render(ip)
         return Reply(self.ban_status, [("content-type", "text/html; charset=utf-8"), _NO_STORE], page)
 
-    def captcha_reply(self, ip: str, headers: Headers, error: str = "") -> Reply:
+    def captcha_reply(self, ip: str, headers: Headers, retry: bool = False) -> Reply:
         """The challenge page (JSON ``{"remediation": "captcha"}`` for a client asking for JSON)."""
         if _wants_json(headers):
             body = orjson.dumps({"error": "captcha required", "remediation": CAPTCHA})
             return Reply(self.captcha_status, [("content-type", "application/json"), _NO_STORE], body)
-        shown = f'<p class="error">{error}</p>' if error else ""
-        page = render(self._captcha_page, raw={"form": self._form, "error": shown}, ip=ip)
+        page = (self._captcha_retry if retry else self._captcha_page).render(ip)
         return Reply(self.captcha_status, [("content-type", "text/html; charset=utf-8"), _NO_STORE], page)
 
     def wants_form(self, method: str, headers: Headers) -> bool:

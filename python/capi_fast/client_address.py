@@ -116,6 +116,7 @@ class ClientAddress:
         self._proxies = DecisionIndex([_PROXY])
         for n in nets:
             self._proxies.add(str(n), _PROXY)
+        self._peers: dict[str, tuple[str, bool | None]] = {}
 
     def _trust(self, text: str) -> bool | None:
         """Whether the address ``text`` is a trusted proxy; None when it is not an address."""
@@ -124,12 +125,26 @@ class ClientAddress:
         except InvalidIP:
             return None
 
+    def _peer(self, peer: str) -> tuple[str, bool | None]:
+        """``(address text, trusted)`` of a socket peer (trusted None: not an address).
+
+        Peers are few (the proxies themselves, or the clients of a directly exposed app), so
+        the answer is remembered; the memory is dropped whenever it reaches 4096 peers.
+        """
+        known = self._peers.get(peer)
+        if known is None:
+            text = address_text(peer)
+            known = (peer, None) if text is None else (text, self._trust(text))
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            self._peers[peer] = known
+        return known
+
     def is_trusted_peer(self, peer: str | None) -> bool:
         """Whether ``peer`` (None or "": a unix socket) is one of the trusted proxies."""
         if not peer:
             return self.unix
-        text = address_text(peer)
-        return text is not None and bool(self._trust(text))
+        return bool(self._peer(peer)[1])
 
     def resolve(self, peer: str | None, header_values: Iterable[str] = ()) -> str:
         """The client's address, given the socket peer and the values of ``header`` in order.
@@ -142,16 +157,14 @@ class ClientAddress:
             if not self.unix:
                 return ""
         else:
-            found_peer = address_text(peer)
-            trusted = None if found_peer is None else self._trust(found_peer)
-            if trusted is None or found_peer is None:
-                return peer
-            peer_text = found_peer
+            peer_text, trusted = self._peer(peer)
             if not trusted:
-                return peer_text
-        values = list(header_values)
+                return peer_text  # not an address (then the caller's lookup says so), or not a proxy
+        values = header_values if isinstance(header_values, list) else list(header_values)
         if self.header == "forwarded":
             entries = _forwarded_for(values)
+        elif len(values) == 1 and "," not in values[0]:
+            entries = values  # one proxy, one entry: the common case
         else:
             entries = [e for v in values for e in v.split(",")]
         current = peer_text

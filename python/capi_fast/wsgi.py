@@ -102,7 +102,7 @@ class BouncerMiddleware:
             return b.captcha_reply(ip, headers)
         assert b.captcha is not None
         if not b.captcha.verify(token, ip):
-            return b.captcha_reply(ip, headers, "The check did not succeed. Please try again.")
+            return b.captcha_reply(ip, headers, retry=True)
         secure = b.secure(environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"), headers)
         path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/")).encode("latin-1", "replace")
         return b.solved_reply(ip, location_of(path, environ.get("QUERY_STRING", "")), secure)
