@@ -42,7 +42,7 @@ from capi_fast.wsgi import BouncerMiddleware as WsgiBouncer
 
 APPS = Path(__file__).resolve().parent / "apps"
 SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "5" if N >= 100_000 else "1"))
-ROUNDS = int(os.environ.get("BENCH_WRK_ROUNDS", "3" if N >= 100_000 else "1"))
+ROUNDS = int(os.environ.get("BENCH_WRK_ROUNDS", "5" if N >= 100_000 else "1"))
 CONNECTIONS = 4
 TRAFFIC = 20_000
 
@@ -82,6 +82,16 @@ def _lua(traffic: list[str], path: Path) -> Path:
     return path
 
 
+# On a machine with two cores or more, the servers run on CPU 0 and wrk on CPU 1, so the
+# scheduler does not move them onto each other between runs (the noise that is left is the
+# machine's own).
+_PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def _on_cpu(cpu: int, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if _PIN else cmd
+
+
 def _serve(kind: str, mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     path = f"{APPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     env = {**os.environ, **env, "BENCH_MODE": mode, "PYTHONPATH": path}
@@ -91,7 +101,7 @@ def _serve(kind: str, mode: str, port: int, env: dict[str, str]) -> subprocess.P
     else:
         cmd = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
         cmd.append("wsgi_app:app")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(_on_cpu(0, cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -116,7 +126,7 @@ _UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6}
 def _wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
     """requests/s and latency percentiles (us) from one wrk run."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        _on_cpu(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
