@@ -9,6 +9,7 @@ CapiFastError
 ├── ConfigurationError   (also a ValueError) a setting that cannot work (bad prefix, changed prefix)
 ├── SnapshotError        a snapshot file that is corrupt, truncated or of another version
 ├── StorageError         credentials or spool cannot be read or written safely
+├── FirewallError        the packet filter refused a change (nft/ipset failed); nothing was applied
 └── CapiError            CAPI answered with an error, or could not be reached
     ├── AuthenticationError   registration or login refused (401/403), after one re-login
     ├── RateLimitError        429 after the retries; ``retry_after`` says how long to wait
@@ -26,6 +27,7 @@ __all__ = [
     "CapiError",
     "CapiFastError",
     "ConfigurationError",
+    "FirewallError",
     "InvalidDecision",
     "InvalidIP",
     "InvalidMetrics",
@@ -67,6 +69,10 @@ class SnapshotError(CapiFastError):
 
 class StorageError(CapiFastError):
     """Credentials, token or spool cannot be read or written safely (bad permissions, corrupt file)."""
+
+
+class FirewallError(CapiFastError):
+    """The packet filter refused a change or could not be run; its transaction was not applied."""
 
 
 class CapiError(CapiFastError):

@@ -1,0 +1,155 @@
+"""Keeping a packet filter's sets equal to what the engine answers, by deltas.
+
+``FirewallSync`` asks the engine's index for the fewest CIDRs answering each remediation it
+keeps (``ban`` by default; ``captcha`` into a set of its own if wanted), per family, compares
+them with what it last applied, and hands the backend one transaction of element additions and
+deletions (``capi_fast.nftables``). The first sync, and any sync after the backend failed or the
+kernel's sets were found changed, is a full load: the sets are created if missing and refilled
+in the same transaction, so no packet ever meets an empty set. Allowlisted addresses answer
+``bypass`` in the index, so they never appear in a ban set; ranges stay whole and merged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from capi_fast._native import DecisionIndex
+from capi_fast.errors import ConfigurationError
+
+__all__ = ["Backend", "Content", "Delta", "FirewallSync", "SyncReport"]
+
+FAMILIES = (4, 6)
+
+#: (remediation, family) -> the CIDRs of that set.
+Content = dict[tuple[str, int], frozenset[str]]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one sync changes: per (remediation, family), CIDRs to add and to delete."""
+
+    add: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    delete: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+    @property
+    def added(self) -> int:
+        """Elements added."""
+        return sum(map(len, self.add.values()))
+
+    @property
+    def deleted(self) -> int:
+        """Elements deleted."""
+        return sum(map(len, self.delete.values()))
+
+
+def delta(old: Content, new: Content) -> Delta:
+    """The elements to add and delete to turn ``old`` into ``new`` (sorted, for stable scripts)."""
+    add, delete = {}, {}
+    for key in new.keys() | old.keys():
+        before, after = old.get(key, frozenset()), new.get(key, frozenset())
+        if after - before:
+            add[key] = sorted(after - before)
+        if before - after:
+            delete[key] = sorted(before - after)
+    return Delta(add, delete)
+
+
+class Backend(Protocol):
+    """A packet filter holding one set per (remediation, family)."""
+
+    def load(self, content: Content) -> None:
+        """Creates what is missing and replaces every set's content, in one transaction."""
+
+    def apply(self, change: Delta) -> None:
+        """Adds and deletes elements, in one transaction."""
+
+    def read(self) -> Content:
+        """What the kernel holds now."""
+
+    def remove(self) -> None:
+        """Removes everything the backend created."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a sync did."""
+
+    full: bool
+    added: int
+    deleted: int
+    elements: int
+    seconds: float
+
+
+class FirewallSync:
+    """Keeps a backend's sets equal to the engine's answers.
+
+    Args:
+        index: where the answers come from (``engine.index``; read at each sync, so an engine
+            that swaps its index is followed when given as a callable).
+        backend: the packet filter (``NftablesBackend``).
+        remediations: the remediations that get a set (default ``ban``).
+        clock: Unix time source (which decisions are in force).
+    """
+
+    def __init__(
+        self,
+        index: DecisionIndex | Callable[[], DecisionIndex],
+        backend: Backend,
+        remediations: Sequence[str] = ("ban",),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(remediations, str) or not remediations:
+            raise ConfigurationError("remediations must be a non-empty list, e.g. ['ban']")
+        self._index = index if callable(index) else (lambda: index)
+        self.backend = backend
+        self.remediations = tuple(remediations)
+        self.clock = clock
+        self.applied: Content | None = None  # None: the next sync is a full load
+
+    def wanted(self) -> Content:
+        """What the sets should hold now."""
+        ix, now = self._index(), self.clock()
+        return {
+            (rem, fam): frozenset(ix.export_cidrs(rem, family=fam, now=now))
+            for rem in self.remediations
+            for fam in FAMILIES
+        }
+
+    def sync(self, full: bool = False) -> SyncReport:
+        """One transaction bringing the sets to ``wanted()``: a full load first, then deltas.
+
+        A failure raises the backend's error and makes the next sync a full load.
+        """
+        started = time.perf_counter()
+        want = self.wanted()
+        old, self.applied = self.applied, None
+        if full or old is None:
+            self.backend.load(want)
+            change = delta({}, want)
+            is_full = True
+        else:
+            change = delta(old, want)
+            if change.add or change.delete:
+                self.backend.apply(change)
+            is_full = False
+        self.applied = want
+        return SyncReport(
+            full=is_full,
+            added=change.added,
+            deleted=change.deleted,
+            elements=sum(map(len, want.values())),
+            seconds=time.perf_counter() - started,
+        )
+
+    def check(self) -> bool:
+        """Whether the kernel holds exactly what was last applied (False before any sync)."""
+        return self.applied is not None and _same(self.backend.read(), self.applied)
+
+
+def _same(a: Content, b: Content) -> bool:
+    keys: Iterable[tuple[str, int]] = a.keys() | b.keys()
+    return all(a.get(k, frozenset()) == b.get(k, frozenset()) for k in keys)

@@ -1,0 +1,181 @@
+"""The nftables backend of ``FirewallSync``: one table, interval sets, optionally its own rules.
+
+Everything lives in one table (``inet capi_fast`` by default) that this backend owns: a set per
+(remediation, family) named ``<remediation>_v4`` / ``<remediation>_v6`` (``flags interval``,
+so ranges stay ranges), and, with ``hooks``, a base chain per hook whose rules drop (or reject)
+packets from the ``ban`` sets, with an optional log prefix. Other remediations' sets (say
+``captcha``) are for rules of your own.
+
+Every change is one ``nft -f`` transaction, which the kernel applies whole or not at all:
+
+- ``load`` (start, or after a failure) recreates the table, its sets, chains and rules, and
+  fills the sets, in one transaction: there is no moment with an empty or missing set;
+- ``apply`` deletes and adds elements;
+- ``remove`` deletes the table.
+
+``command`` is how ``nft`` is run (``("ip", "netns", "exec", "ns1", "nft")`` runs it in a
+network namespace, as the tests do).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from capi_fast.errors import ConfigurationError, FirewallError
+from capi_fast.export import check_set_name
+from capi_fast.firewall import FAMILIES, Content, Delta
+
+__all__ = ["NftablesBackend"]
+
+_CHUNK = 4096
+_HOOKS = ("input", "forward")
+_ACTIONS = ("drop", "reject")
+
+
+def _canonical(element: Any) -> str | None:
+    """A CIDR string from an element of ``nft -j list set`` (None for a shape it cannot be)."""
+    if isinstance(element, dict) and "elem" in element:
+        element = element["elem"].get("val")
+    if isinstance(element, str):
+        net = ipaddress.ip_network(element)
+    elif isinstance(element, dict) and "prefix" in element:
+        net = ipaddress.ip_network(f"{element['prefix']['addr']}/{element['prefix']['len']}")
+    else:
+        return None
+    return str(net)
+
+
+class NftablesBackend:
+    """Sets (and optionally drop rules) in an nftables table this backend owns.
+
+    Args:
+        table: the ``inet`` table's name.
+        remediations: the remediations that get sets (as ``FirewallSync``'s).
+        hooks: ``input`` and/or ``forward``: a base chain per hook dropping the ``ban`` sets'
+            sources; empty: sets only (your rules use them).
+        action: ``drop`` or ``reject``.
+        priority: the chains' priority (default -10: before the ``filter`` table's 0).
+        log_prefix: log matched packets with this prefix (None: no logging).
+        command: how to run ``nft``.
+    """
+
+    def __init__(
+        self,
+        table: str = "capi_fast",
+        remediations: Sequence[str] = ("ban",),
+        *,
+        hooks: Sequence[str] = ("input",),
+        action: str = "drop",
+        priority: int = -10,
+        log_prefix: str | None = None,
+        command: Sequence[str] = ("nft",),
+    ) -> None:
+        for name in (table, *remediations):
+            try:
+                check_set_name(name)
+            except ValueError as e:
+                raise ConfigurationError(str(e)) from None
+        if isinstance(hooks, str) or any(h not in _HOOKS for h in hooks):
+            raise ConfigurationError(f"hooks must be a list of {_HOOKS}, got {hooks!r}")
+        if action not in _ACTIONS:
+            raise ConfigurationError(f"action must be one of {_ACTIONS}, got {action!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ConfigurationError(f"priority must be an integer, got {priority!r}")
+        if log_prefix is not None and (not log_prefix.isprintable() or '"' in log_prefix or len(log_prefix) > 64):
+            raise ConfigurationError("log_prefix must be printable, without double quotes, at most 64 characters")
+        self.table = table
+        self.remediations = tuple(remediations)
+        self.hooks = tuple(hooks)
+        self.action = action
+        self.priority = priority
+        self.log_prefix = log_prefix
+        self.command = tuple(command)
+
+    def _set(self, remediation: str, family: int) -> str:
+        return f"{remediation}_v{family}"
+
+    # -- scripts (pure) --------------------------------------------------------------------------
+
+    def load_script(self, content: Content) -> str:
+        """The transaction that (re)creates the table and fills every set."""
+        t = f"inet {self.table}"
+        lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
+        for rem in self.remediations:
+            for fam in FAMILIES:
+                lines.append(f"add set {t} {self._set(rem, fam)} {{ type ipv{fam}_addr; flags interval; }}")
+        if "ban" in self.remediations:
+            log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
+            for hook in self.hooks:
+                base = f"type filter hook {hook} priority {self.priority}; policy accept;"
+                lines.append(f"add chain {t} {hook} {{ {base} }}")
+                lines.append(f"add rule {t} {hook} ip saddr @{self._set('ban', 4)} {log}{self.action}")
+                lines.append(f"add rule {t} {hook} ip6 saddr @{self._set('ban', 6)} {log}{self.action}")
+        for (rem, fam), cidrs in sorted(content.items()):
+            lines.extend(self._elements("add", rem, fam, sorted(cidrs)))
+        return "\n".join(lines) + "\n"
+
+    def delta_script(self, change: Delta) -> str:
+        """The transaction that deletes, then adds, elements."""
+        lines: list[str] = []
+        for (rem, fam), cidrs in sorted(change.delete.items()):
+            lines.extend(self._elements("delete", rem, fam, cidrs))
+        for (rem, fam), cidrs in sorted(change.add.items()):
+            lines.extend(self._elements("add", rem, fam, cidrs))
+        return "\n".join(lines) + "\n"
+
+    def _elements(self, verb: str, rem: str, fam: int, cidrs: Sequence[str]) -> Iterable[str]:
+        if rem not in self.remediations:
+            raise ConfigurationError(f"this backend has no set for {rem!r}")
+        for i in range(0, len(cidrs), _CHUNK):
+            yield f"{verb} element inet {self.table} {self._set(rem, fam)} {{ {', '.join(cidrs[i : i + _CHUNK])} }}"
+
+    # -- I/O ---------------------------------------------------------------------------------------
+
+    def _run(self, args: Sequence[str], script: str | None = None) -> bytes:
+        try:
+            done = subprocess.run(
+                [*self.command, *args],
+                input=None if script is None else script.encode(),
+                capture_output=True,
+                timeout=600,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise FirewallError(f"could not run {' '.join(self.command)}: {e}") from None
+        if done.returncode != 0:
+            why = done.stderr.decode(errors="replace").strip().splitlines()
+            raise FirewallError(f"nft failed ({done.returncode}): {' / '.join(why[:3]) or 'no message'}")
+        return done.stdout
+
+    def load(self, content: Content) -> None:
+        """Recreates the table and fills its sets, in one transaction."""
+        self._run(["-f", "-"], self.load_script(content))
+
+    def apply(self, change: Delta) -> None:
+        """Deletes and adds elements, in one transaction."""
+        self._run(["-f", "-"], self.delta_script(change))
+
+    def read(self) -> Content:
+        """The sets' elements as the kernel holds them."""
+        out: Content = {}
+        for rem in self.remediations:
+            for fam in FAMILIES:
+                doc = orjson.loads(self._run(["-j", "list", "set", "inet", self.table, self._set(rem, fam)]))
+                elements: set[str] = set()
+                for item in doc.get("nftables", []):
+                    for element in item.get("set", {}).get("elem", []):
+                        cidr = _canonical(element)
+                        if cidr is None:
+                            raise FirewallError(f"unexpected element in set {self._set(rem, fam)}: {element!r}")
+                        elements.add(cidr)
+                out[(rem, fam)] = frozenset(elements)
+        return out
+
+    def remove(self) -> None:
+        """Deletes the table with its sets, chains and rules (nothing if it is not there)."""
+        t = f"inet {self.table}"
+        self._run(["-f", "-"], f"add table {t}\ndelete table {t}\n")
