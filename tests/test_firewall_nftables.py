@@ -204,3 +204,25 @@ def test_bad_settings_are_refused():
         FirewallSync(DecisionIndex(), NftablesBackend(), remediations="ban")
     with pytest.raises(FirewallError, match="could not run"):
         NftablesBackend(command=("/nonexistent/nft",)).load({})
+
+
+def test_a_million_decisions_then_a_delta_of_a_thousand_each_way(net):
+    # The community blocklist's shape at 1M decisions: a full load, then 1,000 adds and 1,000
+    # deletes as one transaction; the kernel equals the export after each step.
+    from capi_fast.workload import community_blocklist
+
+    ix = DecisionIndex()
+    workload = community_blocklist(1_000_000, 7)
+    ix.add_many(workload, strict=False)
+    backend = NftablesBackend(hooks=["input"], command=net.nft())
+    fw = FirewallSync(ix, backend)
+    first = fw.sync()
+    assert first.full and first.elements > 990_000 and fw.check()
+    gone = [v for v, *_ in workload if "/" not in v and ":" not in v][:1000]
+    for ip in gone:
+        ix.remove(ip)
+    new = [ip for ip in spaced(10**6, 10**6 + 1100) if ix.lookup(ip) is None][:1000]
+    ix.add_many(new)
+    step = fw.sync()
+    assert not step.full and (step.added, step.deleted) == (1000, 1000)
+    assert fw.check()

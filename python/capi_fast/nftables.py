@@ -1,10 +1,14 @@
 """The nftables backend of ``FirewallSync``: one table, interval sets, optionally its own rules.
 
-Everything lives in one table (``inet capi_fast`` by default) that this backend owns: a set per
-(remediation, family) named ``<remediation>_v4`` / ``<remediation>_v6`` (``flags interval``,
-so ranges stay ranges), and, with ``hooks``, a base chain per hook whose rules drop (or reject)
-packets from the ``ban`` sets, with an optional log prefix. Other remediations' sets (say
-``captcha``) are for rules of your own.
+Everything lives in one table (``inet capi_fast`` by default) that this backend owns. Each
+(remediation, family) has two sets: ``<remediation>_v4`` holds single addresses (a hash set,
+where adding or deleting an element costs the same at a million elements as at ten) and
+``<remediation>_v4_nets`` holds ranges (``flags interval``, so ranges stay ranges). nft rebuilds
+an interval set's whole interval tree in user space for every change, so a delta of 1,000
+addresses into one interval set of 100,000 took 155 s here; kept apart, the interval sets only
+hold the ranges (a few thousand in the community blocklist). With ``hooks``, a base chain per
+hook drops (or rejects) packets from the ``ban`` sets, with an optional log prefix. Other
+remediations' sets (say ``captcha``) are for rules of your own.
 
 Every change is one ``nft -f`` transaction, which the kernel applies whole or not at all:
 
@@ -96,8 +100,20 @@ class NftablesBackend:
         self.log_prefix = log_prefix
         self.command = tuple(command)
 
-    def _set(self, remediation: str, family: int) -> str:
-        return f"{remediation}_v{family}"
+    def _set(self, remediation: str, family: int, nets: bool = False) -> str:
+        return f"{remediation}_v{family}" + ("_nets" if nets else "")
+
+    @staticmethod
+    def _split(family: int, cidrs: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Single addresses (without their /32 or /128) and ranges."""
+        full = "/32" if family == 4 else "/128"
+        hosts, nets = [], []
+        for c in cidrs:
+            if c.endswith(full):
+                hosts.append(c[: -len(full)])
+            else:
+                nets.append(c)
+        return hosts, nets
 
     # -- scripts (pure) --------------------------------------------------------------------------
 
@@ -107,14 +123,17 @@ class NftablesBackend:
         lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
         for rem in self.remediations:
             for fam in FAMILIES:
-                lines.append(f"add set {t} {self._set(rem, fam)} {{ type ipv{fam}_addr; flags interval; }}")
+                lines.append(f"add set {t} {self._set(rem, fam)} {{ type ipv{fam}_addr; }}")
+                lines.append(f"add set {t} {self._set(rem, fam, True)} {{ type ipv{fam}_addr; flags interval; }}")
         if "ban" in self.remediations:
             log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
             for hook in self.hooks:
                 base = f"type filter hook {hook} priority {self.priority}; policy accept;"
                 lines.append(f"add chain {t} {hook} {{ {base} }}")
-                lines.append(f"add rule {t} {hook} ip saddr @{self._set('ban', 4)} {log}{self.action}")
-                lines.append(f"add rule {t} {hook} ip6 saddr @{self._set('ban', 6)} {log}{self.action}")
+                for fam, ip in ((4, "ip"), (6, "ip6")):
+                    for nets in (False, True):
+                        match = f"{ip} saddr @{self._set('ban', fam, nets)}"
+                        lines.append(f"add rule {t} {hook} {match} {log}{self.action}")
         for (rem, fam), cidrs in sorted(content.items()):
             lines.extend(self._elements("add", rem, fam, sorted(cidrs)))
         return "\n".join(lines) + "\n"
@@ -131,8 +150,10 @@ class NftablesBackend:
     def _elements(self, verb: str, rem: str, fam: int, cidrs: Sequence[str]) -> Iterable[str]:
         if rem not in self.remediations:
             raise ConfigurationError(f"this backend has no set for {rem!r}")
-        for i in range(0, len(cidrs), _CHUNK):
-            yield f"{verb} element inet {self.table} {self._set(rem, fam)} {{ {', '.join(cidrs[i : i + _CHUNK])} }}"
+        for nets, items in zip((False, True), self._split(fam, cidrs), strict=True):
+            name = self._set(rem, fam, nets)
+            for i in range(0, len(items), _CHUNK):
+                yield f"{verb} element inet {self.table} {name} {{ {', '.join(items[i : i + _CHUNK])} }}"
 
     # -- I/O ---------------------------------------------------------------------------------------
 
@@ -164,14 +185,16 @@ class NftablesBackend:
         out: Content = {}
         for rem in self.remediations:
             for fam in FAMILIES:
-                doc = orjson.loads(self._run(["-j", "list", "set", "inet", self.table, self._set(rem, fam)]))
                 elements: set[str] = set()
-                for item in doc.get("nftables", []):
-                    for element in item.get("set", {}).get("elem", []):
-                        cidr = _canonical(element)
-                        if cidr is None:
-                            raise FirewallError(f"unexpected element in set {self._set(rem, fam)}: {element!r}")
-                        elements.add(cidr)
+                for nets in (False, True):
+                    name = self._set(rem, fam, nets)
+                    doc = orjson.loads(self._run(["-j", "list", "set", "inet", self.table, name]))
+                    for item in doc.get("nftables", []):
+                        for element in item.get("set", {}).get("elem", []):
+                            cidr = _canonical(element)
+                            if cidr is None:
+                                raise FirewallError(f"unexpected element in set {name}: {element!r}")
+                            elements.add(cidr)
                 out[(rem, fam)] = frozenset(elements)
         return out
 
