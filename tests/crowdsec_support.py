@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from support import stop
+
 CROWDSEC = shutil.which("crowdsec") or ("/usr/bin/crowdsec" if os.path.exists("/usr/bin/crowdsec") else None)
 CSCLI = shutil.which("cscli") or ("/usr/bin/cscli" if os.path.exists("/usr/bin/cscli") else None)
 
@@ -127,11 +129,7 @@ def running(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes],
     try:
         yield proc, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 20)
 
 
 def run_cscli(config: Path, *args: str) -> str:

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
+from support import stop
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -121,12 +123,7 @@ def gunicorn_serving(target: str, env: dict[str, str], workers: int = 1) -> Iter
             raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{out}")
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 class FakeVerify:
