@@ -3,7 +3,7 @@
 ``FirewallSync`` asks the engine's index for the fewest CIDRs answering each remediation it
 keeps (``ban`` by default; ``captcha`` into a set of its own if wanted), per family, compares
 them with what it last applied, and hands the backend one transaction of element additions and
-deletions (``capi_fast.nftables``). The first sync, and any sync after the backend failed or the
+deletions (``capi_fast.nftables``, ``capi_fast.ipset``). The first sync, and any sync after the backend failed or the
 kernel's sets were found changed, is a full load: the sets are created if missing and refilled
 in the same transaction, so no packet ever meets an empty set. Allowlisted addresses answer
 ``bypass`` in the index, so they never appear in a ban set; ranges stay whole and merged.
@@ -63,8 +63,12 @@ class Backend(Protocol):
     def load(self, content: Content) -> None:
         """Creates what is missing and replaces every set's content, in one transaction."""
 
-    def apply(self, change: Delta) -> None:
-        """Adds and deletes elements, in one transaction."""
+    def apply(self, change: Delta, content: Content) -> None:
+        """Adds and deletes elements, in one transaction.
+
+        ``content`` is what the sets then hold, for a backend that must rebuild a set instead
+        (to grow it).
+        """
 
     def read(self) -> Content:
         """What the kernel holds now."""
@@ -134,7 +138,7 @@ class FirewallSync:
         else:
             change = delta(old, want)
             if change.add or change.delete:
-                self.backend.apply(change)
+                self.backend.apply(change, want)
             is_full = False
         self.applied = want
         return SyncReport(

@@ -176,7 +176,7 @@ class NftablesBackend:
         """Recreates the table and fills its sets, in one transaction."""
         self._run(["-f", "-"], self.load_script(content))
 
-    def apply(self, change: Delta) -> None:
+    def apply(self, change: Delta, content: Content | None = None) -> None:
         """Deletes and adds elements, in one transaction."""
         self._run(["-f", "-"], self.delta_script(change))
 
