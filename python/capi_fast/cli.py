@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="serve the CAPI simulator until interrupted")
     s.add_argument("--port", type=_count(0, 65535), default=0, help="TCP port on 127.0.0.1 (0: any free one)")
     s.add_argument("--decisions", type=_count(0, 10_000_000), default=0, help="community decisions to preload")
+    run = sub.add_parser("run", help="the daemon: refresh, keep nftables/ipset in step, write the snapshot")
+    run.add_argument("--config", required=True, help="TOML configuration file (see capi_fast.daemon_config)")
     d = sub.add_parser("demo", help="the whole flow against the bundled simulator, with timings")
     d.add_argument("--decisions", type=_count(1, 10_000_000), default=100_000)
     d.add_argument("--seed", type=int, default=7)
@@ -240,6 +242,11 @@ def _run(a: argparse.Namespace) -> int:
                 pass
         finally:
             sim.stop()
+    elif a.command == "run":
+        from capi_fast.daemon import Daemon
+
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return Daemon(a.config).run()
     elif a.command == "register":
         with _client(a) as c:
             c.login()

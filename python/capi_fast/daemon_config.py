@@ -1,0 +1,208 @@
+"""The daemon's configuration file (TOML, read with the standard library), checked key by key.
+
+```toml
+[source]                      # where decisions come from: a LAPI ...
+lapi_url = "http://127.0.0.1:8080/"
+api_key_file = "/etc/capi-fast/lapi.key"     # mode 0600; or api_key = "..."
+# ... or CAPI, with the credentials `capi-fast register` saved in `home`:
+# capi = true
+# home = "/var/lib/capi-fast"
+interval = 10                 # seconds between refreshes (default: 10 from a LAPI, 2 h from CAPI)
+
+[snapshot]
+path = "/var/lib/capi-fast/decisions.snap"   # followers (web workers) answer from it
+
+[firewall]
+backend = "nftables"          # or "ipset", or "none"
+name = "capi_fast"            # nftables table / ipset name prefix
+remediations = ["ban"]        # a set per remediation and family
+hooks = ["input"]             # a drop rule per hook ("input", "forward"); [] for sets only
+action = "drop"               # or "reject"
+log_prefix = "capi-fast: "    # optional
+cleanup = true                # remove the table/sets/rules on stop
+netns = "fw"                  # optional: run the firewall tools in this network namespace
+
+[metrics]
+interval = 1800               # usage metrics to a LAPI; 0 turns them off
+
+[log]
+level = "info"
+```
+
+Every mistake is a ``ConfigurationError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capi_fast.errors import ConfigurationError
+
+__all__ = ["DaemonConfig", "FirewallConfig", "load_config"]
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    """The ``[firewall]`` table."""
+
+    backend: str = "none"
+    name: str = "capi_fast"
+    remediations: tuple[str, ...] = ("ban",)
+    hooks: tuple[str, ...] = ("input",)
+    action: str = "drop"
+    log_prefix: str | None = None
+    cleanup: bool = True
+    netns: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole file."""
+
+    path: Path
+    lapi_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    capi: bool = False
+    home: Path = Path("/var/lib/capi-fast")
+    capi_url: str | None = None
+    interval: float | None = None
+    snapshot: Path | None = None
+    firewall: FirewallConfig = FirewallConfig()
+    metrics_interval: float = 1800.0
+    log_level: str = "info"
+
+
+class _Table:
+    """One TOML table, read key by key; unknown keys are refused (a typo must not pass silently)."""
+
+    def __init__(self, doc: dict[str, Any], name: str, where: Path) -> None:
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigurationError(f"{where}: [{name}] must be a table")
+        self.d, self.name, self.where = value, name, where
+        self.used: set[str] = set()
+
+    def _bad(self, key: str, what: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.where}: {self.name}.{key} must be {what}, got {self.d[key]!r}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], what: str, default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.d:
+            return default
+        value = self.d[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
+            raise self._bad(key, what)
+        return value
+
+    def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, "a list of names", list(default))
+        if not all(isinstance(v, str) and v for v in value):
+            raise self._bad(key, "a list of names")
+        return tuple(value)
+
+    def seconds(self, key: str, default: float | None, zero: bool = False) -> float | None:
+        value = self.get(key, (int, float), "a number of seconds", default)
+        if value is not None and not (0 <= value < float("inf") if zero else 0 < value < float("inf")):
+            raise self._bad(key, "a number of seconds" + (" (0 or more)" if zero else " above 0"))
+        return None if value is None else float(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.d) - self.used)
+        if unknown:
+            raise ConfigurationError(f"{self.where}: unknown key {self.name}.{unknown[0]}")
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _key_file(path: Path, where: Path) -> str:
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigurationError(f"{where}: {path} is readable by other users; run chmod 600 {path}")
+        key = path.read_text().strip()
+    except OSError as e:
+        raise ConfigurationError(f"{where}: cannot read source.api_key_file {path}: {e.strerror}") from None
+    if not key:
+        raise ConfigurationError(f"{where}: source.api_key_file {path} is empty")
+    return key
+
+
+def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
+    """Reads and checks the daemon's configuration file."""
+    where = Path(path)
+    try:
+        doc = tomllib.loads(where.read_text())
+    except OSError as e:
+        raise ConfigurationError(f"cannot read {where}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigurationError(f"{where}: not valid TOML: {e}") from None
+    unknown = sorted(set(doc) - {"source", "snapshot", "firewall", "metrics", "log"})
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown table [{unknown[0]}]")
+
+    src = _Table(doc, "source", where)
+    lapi_url = src.get("lapi_url", str, "an http(s) URL")
+    api_key = src.get("api_key", str, "a string")
+    key_file = src.get("api_key_file", str, "a file path")
+    capi = src.get("capi", bool, "true or false", False)
+    home = Path(src.get("home", str, "a directory path", "/var/lib/capi-fast"))
+    capi_url = src.get("capi_url", str, "an http(s) URL")
+    interval = src.seconds("interval", None)
+    src.done()
+    if bool(lapi_url) == bool(capi):
+        raise ConfigurationError(f"{where}: [source] needs either lapi_url or capi = true (one of them)")
+    if lapi_url:
+        if key_file:
+            api_key = _key_file(Path(key_file), where)
+        if not api_key:
+            raise ConfigurationError(f"{where}: source.api_key_file (or api_key) is required with lapi_url")
+
+    snap = _Table(doc, "snapshot", where)
+    snapshot = snap.get("path", str, "a file path")
+    snap.done()
+
+    fw = _Table(doc, "firewall", where)
+    firewall = FirewallConfig(
+        backend=fw.get("backend", str, '"nftables", "ipset" or "none"', "none"),
+        name=fw.get("name", str, "a name", "capi_fast"),
+        remediations=fw.names("remediations", ("ban",)),
+        hooks=fw.names("hooks", ("input",)),
+        action=fw.get("action", str, '"drop" or "reject"', "drop"),
+        log_prefix=fw.get("log_prefix", str, "a string"),
+        cleanup=fw.get("cleanup", bool, "true or false", True),
+        netns=fw.get("netns", str, "a network namespace name"),
+    )
+    fw.done()
+    if firewall.backend not in ("nftables", "ipset", "none"):
+        raise ConfigurationError(f'{where}: firewall.backend must be "nftables", "ipset" or "none"')
+
+    met = _Table(doc, "metrics", where)
+    metrics_interval = met.seconds("interval", 1800.0, zero=True)
+    met.done()
+
+    lg = _Table(doc, "log", where)
+    level = lg.get("level", str, f"one of {_LEVELS}", "info")
+    lg.done()
+    if level not in _LEVELS:
+        raise ConfigurationError(f"{where}: log.level must be one of {_LEVELS}, got {level!r}")
+
+    return DaemonConfig(
+        path=where,
+        lapi_url=lapi_url,
+        api_key=api_key,
+        capi=capi,
+        home=home,
+        capi_url=capi_url,
+        interval=interval,
+        snapshot=None if snapshot is None else Path(snapshot),
+        firewall=firewall,
+        metrics_interval=1800.0 if metrics_interval is None else metrics_interval,
+        log_level=level,
+    )

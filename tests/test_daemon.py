@@ -1,0 +1,190 @@
+"""``capi-fast run --config``: the daemon as a process, fed by Debian's crowdsec (a LAPI) or by the
+CAPI simulator, keeping nftables in a network namespace in step; signals; configuration errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from capi_fast import RemediationEngine
+from capi_fast.daemon_config import load_config
+from capi_fast.errors import ConfigurationError
+from capi_fast.testing import CapiSimulator
+from crowdsec_support import CROWDSEC, local_api, run_cscli
+from netns_support import Net, two_hosts
+
+CAPI_FAST = [sys.executable, "-m", "capi_fast.cli"]
+NETNS = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip"))
+
+
+def until(what: str, check: Callable[[], bool], limit: float = 30.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < limit, f"timed out waiting for {what}"
+        time.sleep(0.1)  # polling a separate process's effect on the kernel
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    if not NETNS:
+        pytest.skip("needs root, nft and ip")
+    with two_hosts("dmn") as n:
+        yield n
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+class Running:
+    """The daemon as a child process; its log is read at the end."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.log = config.with_suffix(".log")
+        self.out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*CAPI_FAST, "run", "--config", str(config)], stdout=self.out, stderr=subprocess.STDOUT, env=env
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.out.close()
+        return code
+
+
+def tables(net: Net) -> str:
+    return subprocess.run([*net.nft(), "list", "tables"], capture_output=True, text=True, check=True).stdout
+
+
+def test_daemon_follows_cscli_decisions_into_nftables(net, tmp_path):
+    if CROWDSEC is None:
+        pytest.skip("Debian's crowdsec is not installed")
+    with local_api(tmp_path / "cs") as (cs_config, url, key):
+        key_file = tmp_path / "lapi.key"
+        key_file.write_text(key)
+        key_file.chmod(0o600)
+        snapshot = tmp_path / "decisions.snap"
+        config = write(
+            tmp_path / "capi-fast.toml",
+            f"""
+[source]
+lapi_url = "{url}"
+api_key_file = "{key_file}"
+interval = 1
+
+[snapshot]
+path = "{snapshot}"
+
+[firewall]
+backend = "nftables"
+action = "reject"
+netns = "{net.srv}"
+""",
+        )
+        daemon = Running(config)
+        try:
+            until("the first sync", lambda: "capi_fast" in tables(net))
+            assert net.connects("10.77.0.3")
+            run_cscli(cs_config, "decisions", "add", "--ip", "10.77.0.3", "--type", "ban", "--duration", "1h")
+            took = until("the ban to reach the kernel", lambda: not net.connects("10.77.0.3"))
+            assert net.connects("10.77.0.2")
+            follower = RemediationEngine.follow(snapshot)
+            assert follower.get_ip_remediation("10.77.0.3") == "ban", "the snapshot followers read"
+            run_cscli(cs_config, "decisions", "delete", "--ip", "10.77.0.3")
+            until("the deletion to reach the kernel", lambda: net.connects("10.77.0.3"))
+            # SIGHUP: the configuration is read again (here: drop rules from now on).
+            config.write_text(config.read_text().replace('action = "reject"', 'action = "drop"'))
+            daemon.proc.send_signal(signal.SIGHUP)
+            until("the reload", lambda: "configuration reloaded" in daemon.text())
+            until(
+                "drop rules",
+                lambda: (
+                    "drop" in subprocess.run([*net.nft(), "list", "ruleset"], capture_output=True, text=True).stdout
+                ),
+            )
+        finally:
+            code = daemon.stop()
+        log = daemon.text()
+        assert code == 0, log
+        assert "capi_fast" not in tables(net), "cleanup on stop removed the table"
+        assert "firewall full load" in log and "firewall delta: +1 -0" in log and "firewall delta: +0 -1" in log
+        assert "daemon stopped" in log and "Traceback" not in log
+        assert took < 30
+
+
+def test_daemon_fed_by_the_capi_simulator(net, tmp_path):
+    home = tmp_path / "home"
+    with CapiSimulator() as sim:
+        sim.add_decisions(["10.77.0.3", "fd77::3"])
+        env = {**os.environ, "CAPI_FAST_URL": sim.url, "CAPI_FAST_HOME": str(home)}
+        done = subprocess.run(
+            [*CAPI_FAST, "--scenario", "mywaf/bf", "register"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        config = write(
+            tmp_path / "capi.toml",
+            f"""
+[source]
+capi = true
+home = "{home}"
+
+[firewall]
+backend = "nftables"
+action = "reject"
+netns = "{net.srv}"
+cleanup = false
+""",
+        )
+        daemon = Running(config)
+        try:
+            until("the startup pull to reach the kernel", lambda: not net.connects("10.77.0.3"))
+            assert not net.connects("fd77::3") and net.connects("10.77.0.2")
+        finally:
+            assert daemon.stop() == 0, daemon.text()
+        assert "capi_fast" in tables(net), "cleanup = false keeps the rules after a stop"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[source]\nlapi_url = 'http://x/'\napi_key = 'k'\nintervall = 3\n", "unknown key source.intervall"),
+        ("[source]\nlapi_url = 'http://x/'\napi_key = 'k'\ninterval = 'soon'\n", "source.interval must be"),
+        ("[source]\napi_key = 'k'\n", "either lapi_url or capi"),
+        ("[source]\nlapi_url = 'http://x/'\n", "api_key_file (or api_key) is required"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'pf'\n", "firewall.backend"),
+        ("[source]\ncapi = true\n[firewal]\n", "unknown table [firewal]"),
+        ("[source]\ncapi = true\n[firewall]\nhooks = 'input'\n", "firewall.hooks must be"),
+        ("[source]\ncapi = true\n[metrics]\ninterval = -1\n", "metrics.interval"),
+        ("[source\n", "not valid TOML"),
+    ],
+)
+def test_configuration_errors_name_the_key(tmp_path, text, message):
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config(path)
+    done = subprocess.run([*CAPI_FAST, "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path):
+    key = write(tmp_path / "key", "secret")
+    key.chmod(0o644)
+    path = write(tmp_path / "c.toml", f"[source]\nlapi_url = 'http://x/'\napi_key_file = '{key}'\n")
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        load_config(path)
