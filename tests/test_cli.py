@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -231,3 +232,25 @@ def test_the_library_refuses_negative_retries_and_timeouts():
 def test_a_tiny_demo_runs(capsys):
     assert main(["demo", "--decisions", "1"]) == 0
     assert "get_ip_remediation" in capsys.readouterr().out
+
+
+def test_check_exit_code_json_anywhere_version_dates_and_remembered_url(capsys, sim, tmp_path):
+    home = str(tmp_path)
+    assert main(["--home", home, "--url", sim.url, "--scenario", "mywaf/x", "register"]) == 0
+    capsys.readouterr()
+    # No --url, no --scenario: register's are remembered (CAPI_FAST_URL unset in this test).
+    assert main(["--home", home, "refresh"]) == 0
+    assert any(r.path.endswith("/decisions/stream") for r in sim.requests), "the simulator was asked"
+    capsys.readouterr()
+    assert main(["--home", home, "check", "10.0.0.1"]) == 0
+    assert main(["--home", home, "check", "10.0.0.1", "192.0.2.1"]) == 1, "one remediated: exit 1"
+    capsys.readouterr()
+    assert main(["--home", home, "status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert isinstance(doc["last_refresh"], float)
+    assert main(["--home", home, "status"]) == 0
+    human = capsys.readouterr().out
+    assert re.search(r"last_refresh: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", human), human
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("capi-fast ")

@@ -188,3 +188,26 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     path = write(tmp_path / "c.toml", f"[source]\nlapi_url = 'http://x/'\napi_key_file = '{key}'\n")
     with pytest.raises(ConfigurationError, match="chmod 600"):
         load_config(path)
+
+
+def test_cli_firewall_apply_and_remove(net, tmp_path):
+    home = str(tmp_path / "home")
+    with CapiSimulator() as sim:
+        sim.add_decisions(["10.77.0.3"])
+        base = [*CAPI_FAST, "--home", home]
+        done = subprocess.run([*base, "--url", sim.url, "--scenario", "mywaf/bf", "refresh"], capture_output=True)
+        assert done.returncode == 0, done.stderr
+    for backend in ("nftables", "ipset"):
+        if backend == "ipset" and not shutil.which("ipset"):
+            continue
+        inside = ["ip", "netns", "exec", net.srv, *base, "firewall"]
+        done = subprocess.run([*inside, "apply", "--backend", backend, "--reject", "--json"], capture_output=True)
+        assert done.returncode == 0 and b'"elements": 1' in done.stdout, done.stderr
+        assert not net.connects("10.77.0.3") and net.connects("10.77.0.2")
+        done = subprocess.run([*inside, "remove", "--backend", backend], capture_output=True)
+        assert done.returncode == 0, done.stderr
+        assert net.connects("10.77.0.3")
+    # Without a snapshot nothing is loaded (an empty ban set would fail open): exit 2, one line.
+    empty = ["ip", "netns", "exec", net.srv, *CAPI_FAST, "--home", str(tmp_path / "none"), "firewall", "apply"]
+    done = subprocess.run(empty, capture_output=True, text=True)
+    assert done.returncode == 2 and "refresh" in done.stderr and "capi_fast" not in tables(net)

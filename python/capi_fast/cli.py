@@ -16,9 +16,11 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from capi_fast._native import __version__
 from capi_fast.client import PROD_URL, CapiClient
 from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
@@ -63,7 +65,12 @@ def _remediation(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capi-fast", description="CrowdSec CAPI client and remediation engine")
     p.add_argument("--home", default=os.environ.get("CAPI_FAST_HOME", str(Path.home() / ".capi-fast")))
-    p.add_argument("--url", default=os.environ.get("CAPI_FAST_URL", PROD_URL), help="CAPI base URL")
+    p.add_argument("--version", action="version", version=f"capi-fast {__version__}")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("CAPI_FAST_URL"),
+        help="CAPI base URL (default: what register was given, else production)",
+    )
     p.add_argument("--lapi-url", default=os.environ.get("CAPI_FAST_LAPI_URL"), help="take decisions from this LAPI")
     p.add_argument(
         "--api-key",
@@ -105,11 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="serve the CAPI simulator until interrupted")
     s.add_argument("--port", type=_count(0, 65535), default=0, help="TCP port on 127.0.0.1 (0: any free one)")
     s.add_argument("--decisions", type=_count(0, 10_000_000), default=0, help="community decisions to preload")
+    f = sub.add_parser("firewall", help="load the local snapshot's decisions into nftables or ipset once")
+    f.add_argument("action", choices=["apply", "remove"])
+    f.add_argument("--backend", choices=["nftables", "ipset"], default="nftables")
+    f.add_argument("--name", type=_set_name, default="capi_fast", help="nftables table / ipset name prefix")
+    f.add_argument("--remediation", type=_remediation, action="append", help="a set per remediation (default ban)")
+    f.add_argument("--hook", choices=["input", "forward"], action="append", help="drop rule per hook (default input)")
+    f.add_argument("--no-rules", action="store_true", help="sets only (your own rules use them)")
+    f.add_argument("--reject", action="store_true", help="reject instead of drop")
+    f.add_argument("--log-prefix", help="log matched packets with this prefix")
     run = sub.add_parser("run", help="the daemon: refresh, keep nftables/ipset in step, write the snapshot")
     run.add_argument("--config", required=True, help="TOML configuration file (see capi_fast.daemon_config)")
     d = sub.add_parser("demo", help="the whole flow against the bundled simulator, with timings")
     d.add_argument("--decisions", type=_count(1, 10_000_000), default=100_000)
     d.add_argument("--seed", type=int, default=7)
+    for command in sub.choices.values():  # `capi-fast status --json` as well as `capi-fast --json status`
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     return p
 
 
@@ -125,8 +143,14 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _remember(a: argparse.Namespace, scenarios: list[str], prefix: str) -> None:
-    write_atomic(Path(a.home) / _SETTINGS, json.dumps({"scenarios": scenarios, "prefix": prefix}).encode())
+def _remember(a: argparse.Namespace, scenarios: list[str], prefix: str, url: str) -> None:
+    doc = {"scenarios": scenarios, "prefix": prefix, "url": url}
+    write_atomic(Path(a.home) / _SETTINGS, json.dumps(doc).encode())
+
+
+def _url(a: argparse.Namespace) -> str:
+    """--url (or CAPI_FAST_URL), else the URL register was given, else CAPI's production URL."""
+    return str(a.url or _settings(a).get("url") or PROD_URL)
 
 
 def _client(a: argparse.Namespace) -> CapiClient:
@@ -142,7 +166,7 @@ def _client(a: argparse.Namespace) -> CapiClient:
         scenarios=scenarios,
         storage=FileStorage(a.home),
         machine_id_prefix=prefix,
-        base_url=a.url,
+        base_url=_url(a),
         retries=a.retries,
     )
 
@@ -196,6 +220,25 @@ def _offline(a: argparse.Namespace) -> RemediationEngine:
     return engine
 
 
+def _firewall(a: argparse.Namespace) -> int:
+    from capi_fast.firewall import FirewallSync
+    from capi_fast.ipset import IpsetBackend
+    from capi_fast.nftables import NftablesBackend
+
+    remediations = a.remediation or ["ban"]
+    hooks = [] if a.no_rules else (a.hook or ["input"])
+    options: dict[str, Any] = {"hooks": hooks, "action": "reject" if a.reject else "drop", "log_prefix": a.log_prefix}
+    backend = (NftablesBackend if a.backend == "nftables" else IpsetBackend)(a.name, remediations, **options)
+    if a.action == "remove":
+        backend.remove()
+        _print(a, f"removed {a.backend} {a.name}", {"removed": True})
+        return 0
+    engine = _offline(a)  # never load an empty set for want of a snapshot
+    r = FirewallSync(engine.index, backend, remediations).sync(full=True)
+    _print(a, f"loaded {r.elements} elements into {a.backend} {a.name} in {r.seconds:.2f} s", {"elements": r.elements})
+    return 0
+
+
 def _export(a: argparse.Namespace) -> int:
     idx = _offline(a).index
     known = [r for r in idx.priorities if r != "allow"]
@@ -214,6 +257,13 @@ def _export(a: argparse.Namespace) -> int:
             print(f"capi-fast: no {family} {a.remediation!r} decision: its set is left as it is", file=sys.stderr)
     sys.stdout.write(render(a.format, a.set_name, v4, v6, allow_empty=a.allow_empty))
     return 0
+
+
+def _date(t: Any) -> Any:
+    """A Unix time as a local date for people (``never`` for none); JSON output keeps the number."""
+    if not isinstance(t, int | float) or not t:
+        return "never"
+    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _print(a: argparse.Namespace, human: str, data: Any) -> None:
@@ -247,17 +297,31 @@ def _run(a: argparse.Namespace) -> int:
 
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return Daemon(a.config).run()
+    elif a.command == "firewall":
+        return _firewall(a)
     elif a.command == "register":
         with _client(a) as c:
             c.login()
-            _remember(a, c.scenarios, c.machine_id_prefix)
+            _remember(a, c.scenarios, c.machine_id_prefix, c.base_url)
             _print(a, f"machine {c.machine_id} registered at {c.base_url}", {"machine_id": c.machine_id})
     elif a.command == "enroll":
         with _client(a) as c:
             c.enroll(a.key, name=a.name, overwrite=a.overwrite, tags=a.tag)
             _print(a, f"machine {c.machine_id} enrolled", {"machine_id": c.machine_id, "enrolled": True})
     elif a.command == "refresh":
-        r = _engine(a).refresh_decisions(force=a.force)
+        engine = _engine(a)
+        if sys.stderr.isatty():  # a progress line while the pull runs, erased after
+            print(
+                f"pulling decisions from {engine.source.base_url if engine.source else '?'} ...",
+                end="\r",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            r = engine.refresh_decisions(force=a.force)
+        finally:
+            if sys.stderr.isatty():
+                print("\x1b[2K", end="\r", file=sys.stderr, flush=True)
         data = {k: getattr(r, k) for k in r.__dataclass_fields__}
         human = (
             f"refreshed: +{r.added} -{r.deleted} decisions ({r.skipped} skipped), lists updated "
@@ -275,6 +339,7 @@ def _run(a: argparse.Namespace) -> int:
         engine = _offline(a)
         answers = {ip: engine.get_ip_remediation(ip) for ip in a.ips}
         _print(a, "\n".join(f"{ip} {r}" for ip, r in answers.items()), answers)
+        return 1 if any(r != "bypass" for r in answers.values()) else 0  # scriptable: 1 = remediated
     elif a.command == "export":
         return _export(a)
     elif a.command == "status":
@@ -291,7 +356,8 @@ def _run(a: argparse.Namespace) -> int:
             "next_refresh_at": st["next_refresh_at"],
             "snapshot_error": follower.snapshot_error,
         }
-        _print(a, "\n".join(f"{k}: {v}" for k, v in data.items()), data)
+        shown = {k: _date(v) if k in ("last_refresh", "next_refresh_at") else v for k, v in data.items()}
+        _print(a, "\n".join(f"{k}: {v}" for k, v in shown.items()), data)
         return 0 if follower.snapshot_error is None else 1  # no usable snapshot: nothing is being enforced
     return 0
 

@@ -22,6 +22,7 @@ first in their chain on load when missing and deleted by ``remove``.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
 
@@ -199,11 +200,14 @@ class IpsetBackend:
 
     def remove(self) -> None:
         """Deletes the rules this backend made, then its sets (what is not there is skipped)."""
-        if "ban" in self.remediations:
-            for fam in FAMILIES:
-                for rule in self._rules(fam):
-                    while self._run([*self._iptables[fam], "-D", *rule], check=False)[0] == 0:
-                        pass
+        for fam in FAMILIES:
+            # Every rule of ours, whatever action, log prefix or hook it was made with.
+            ours = [f"--match-set {self.set_name(rem, fam)} src" for rem in self.remediations]
+            for chain in _HOOKS.values():
+                code, listing = self._run([*self._iptables[fam], "-S", chain], check=False)
+                for line in listing.splitlines() if code == 0 else ():
+                    if line.startswith(f"-A {chain} ") and any(m in line for m in ours):
+                        self._run([*self._iptables[fam], "-D", *shlex.split(line)[1:]], check=False)
         for rem in self.remediations:
             for fam in FAMILIES:
                 for tmp in (False, True):
