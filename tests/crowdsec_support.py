@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,15 @@ def require_crowdsec() -> None:
 
 
 @contextlib.contextmanager
-def running(config: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """Runs ``crowdsec -c config *args`` with its output in a log file; stops it on exit."""
+def running(config: Path, *args: str, prefix: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """Runs ``crowdsec -c config *args`` with its output in a log file; stops it on exit.
+
+    ``prefix`` runs it under another command (``ip netns exec NS`` for a network namespace).
+    """
     log = config.parent / "crowdsec.out"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(CROWDSEC), "-c", str(config), *args], stdout=out, stderr=subprocess.STDOUT)
+        cmd = [*prefix, str(CROWDSEC), "-c", str(config), *args]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield proc, log
     finally:

@@ -133,7 +133,7 @@ class Daemon:
             try:
                 s = self.firewall.sync()
                 kind = "full load" if s.full else "delta"
-                line += f"; firewall {kind}: +{s.added} -{s.deleted} ({s.elements} elements) in {s.seconds:.2f} s"
+                line += f"; firewall {kind}: +{s.added} -{s.deleted} ({s.elements} elements) in {s.seconds:.3f} s"
             except CapiFastError as e:
                 ok = False
                 line += f"; firewall failed ({e}); the next sync loads everything"
