@@ -165,3 +165,17 @@ def _serves_until_stopped(command: str, env: dict[str, str]) -> None:
     finally:
         os.killpg(child.pid, signal.SIGINT)
         child.wait(30)
+
+
+def test_daemon_configuration_example_is_valid(tmp_path):
+    from capi_fast.daemon_config import load_config
+
+    (block,) = blocks("toml")
+    key = tmp_path / "lapi.key"
+    key.write_text("a-bouncer-key")
+    key.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(block.replace("/etc/capi-fast/lapi.key", str(key)))
+    loaded = load_config(config)
+    assert loaded.lapi_url == "http://127.0.0.1:8080/" and loaded.api_key == "a-bouncer-key"
+    assert loaded.firewall.backend == "nftables" and loaded.firewall.hooks == ("input",)
