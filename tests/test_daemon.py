@@ -211,3 +211,37 @@ def test_cli_firewall_apply_and_remove(net, tmp_path):
     empty = ["ip", "netns", "exec", net.srv, *CAPI_FAST, "--home", str(tmp_path / "none"), "firewall", "apply"]
     done = subprocess.run(empty, capture_output=True, text=True)
     assert done.returncode == 2 and "refresh" in done.stderr and "capi_fast" not in tables(net)
+
+
+def test_a_source_down_at_start_leaves_the_kernel_alone(net, tmp_path):
+    # An earlier run left its table (cleanup = false); this start cannot reach the LAPI and has
+    # no snapshot: it must not load an empty set over what the kernel holds.
+    from capi_fast import DecisionIndex
+    from capi_fast.firewall import FirewallSync
+    from capi_fast.nftables import NftablesBackend
+
+    ix = DecisionIndex()
+    ix.add("10.77.0.3")
+    FirewallSync(ix, NftablesBackend(action="reject", command=net.nft())).sync()
+    assert not net.connects("10.77.0.3")
+    config = write(
+        tmp_path / "down.toml",
+        f"""
+[source]
+lapi_url = "http://127.0.0.1:1/"
+api_key = "k"
+interval = 1
+
+[firewall]
+backend = "nftables"
+action = "reject"
+netns = "{net.srv}"
+cleanup = false
+""",
+    )
+    daemon = Running(config)
+    try:
+        until("two refresh attempts", lambda: daemon.text().count("firewall left as it is") >= 2)
+        assert not net.connects("10.77.0.3"), "the earlier content still blocks"
+    finally:
+        assert daemon.stop() == 0, daemon.text()

@@ -129,7 +129,11 @@ class Daemon:
             else f"refresh: not performed ({r.error})"
         )
         ok = r.performed or r.error == "too soon"
-        if self.firewall is not None:
+        if self.firewall is not None and self.engine.health().last_good_refresh is None:
+            # No decisions yet (the source is down and there is no snapshot): loading now would
+            # empty what the kernel holds from an earlier run. Leave it until there is something.
+            line += "; firewall left as it is (no decisions yet)"
+        elif self.firewall is not None:
             try:
                 s = self.firewall.sync()
                 kind = "full load" if s.full else "delta"
