@@ -85,7 +85,7 @@ def test_cli_reads_the_lapi_key_from_a_private_file(lapi, tmp_path, capsys):
     assert "readable by other users" in capsys.readouterr().err, "a key others can read is refused"
     keyfile.chmod(0o600)
     assert main([*home, "refresh"]) == 0
-    assert main([*home, "check", "192.0.2.44"]) == 0
+    assert main([*home, "check", "192.0.2.44"]) == 1, "remediated: exit 1"
     assert capsys.readouterr().out.strip().endswith("192.0.2.44 ban")
 
 
