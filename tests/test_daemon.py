@@ -171,6 +171,11 @@ cleanup = false
         ("[source]\ncapi = true\n[firewall]\nhooks = 'input'\n", "firewall.hooks must be"),
         ("[source]\ncapi = true\n[metrics]\ninterval = -1\n", "metrics.interval"),
         ("[source\n", "not valid TOML"),
+        ("[source]\ncapi = true\ninterval = 0.5\n", "at least 1 second"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\nnetns = ''\n", "firewall.netns"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\nhooks = ['INPUT']\n", "hooks must be"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\nlog_prefix = '$ban'\n", "log_prefix"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'ipset'\nremediations = []\n", "at least one"),
     ],
 )
 def test_configuration_errors_name_the_key(tmp_path, text, message):
@@ -245,3 +250,73 @@ cleanup = false
         assert not net.connects("10.77.0.3"), "the earlier content still blocks"
     finally:
         assert daemon.stop() == 0, daemon.text()
+
+
+def lapi_config(tmp_path: Path, net: Net, url: str, key: str, extra: str = "", name: str = "c.toml") -> Path:
+    return write(
+        tmp_path / name,
+        f"""
+[source]
+lapi_url = "{url}"
+api_key = "{key}"
+interval = 1
+
+[firewall]
+backend = "nftables"
+action = "reject"
+netns = "{net.srv}"
+{extra}
+""",
+    )
+
+
+def test_reloads_never_leave_the_kernel_empty_and_sigterm_wins(net, tmp_path):
+    if CROWDSEC is None:
+        pytest.skip("Debian's crowdsec is not installed")
+    with local_api(tmp_path / "cs") as (cs_config, url, key):
+        run_cscli(cs_config, "decisions", "add", "--ip", "10.77.0.3", "--type", "ban", "--duration", "1h")
+        config = lapi_config(tmp_path, net, url, key, "verify_every = 1")
+        daemon = Running(config)
+        try:
+            until("the ban", lambda: not net.connects("10.77.0.3"))
+            # A file that reads as TOML but that the backend refuses: the old configuration stays.
+            config.write_text(config.read_text().replace('action = "reject"', 'action = "reject"\nhooks = ["INPUT"]'))
+            daemon.proc.send_signal(signal.SIGHUP)
+            until("the refusal", lambda: "configuration not reloaded" in daemon.text())
+            assert daemon.proc.poll() is None and not net.connects("10.77.0.3")
+            # Someone flushes the sets behind the daemon's back: the read-back notices, reloads.
+            subprocess.run([*net.nft(), "flush", "set", "inet", "capi_fast", "ban_v4"], check=True)
+            until("the repair", lambda: not net.connects("10.77.0.3"))
+            assert "differ from what was applied" in daemon.text()
+            # A change of log prefix (same table): reloaded in place, never removed in between.
+            config.write_text(config.read_text().replace('hooks = ["INPUT"]', 'log_prefix = "cf "'))
+            daemon.proc.send_signal(signal.SIGHUP)
+            until("the reload", lambda: "configuration reloaded" in daemon.text())
+            assert not net.connects("10.77.0.3") and "capi_fast" in tables(net)
+            # SIGTERM right after SIGHUP still stops it.
+            daemon.proc.send_signal(signal.SIGHUP)
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert daemon.proc.wait(30) == 0
+        finally:
+            if daemon.proc.poll() is None:
+                daemon.stop()
+            daemon.out.close()
+
+
+def test_firewall_failures_show_at_warning_level(tmp_path):
+    config = write(
+        tmp_path / "w.toml",
+        '[source]\nlapi_url = "http://127.0.0.1:1/"\napi_key = "k"\ninterval = 1\n'
+        '[snapshot]\npath = "SNAP"\n[firewall]\nbackend = "nftables"\nnetns = "capi-fast-no-such-ns"\n'
+        '[log]\nlevel = "warning"\n'.replace("SNAP", str(tmp_path / "d.snap")),
+    )
+    from capi_fast import RemediationEngine as Engine
+
+    engine = Engine(None, snapshot_path=tmp_path / "d.snap")
+    engine.index.add("192.0.2.1")
+    assert engine._save() is None
+    daemon = Running(config)
+    try:
+        until("a warning", lambda: "WARNING" in daemon.text() and "firewall failed" in daemon.text())
+    finally:
+        assert daemon.stop() == 0

@@ -153,3 +153,24 @@ def test_bad_settings_are_refused():
         IpsetBackend(action="accept")
     with pytest.raises(ConfigurationError):
         IpsetBackend(log_prefix="x" * 30)
+
+
+def test_remove_takes_every_rule_of_ours_whatever_made_it(net):
+    ix = DecisionIndex()
+    ix.add("10.77.0.3")
+    FirewallSync(ix, backend(net, hooks=["input", "forward"], action="reject", log_prefix="it's ")).sync()
+    # Removed with other settings than it was loaded with (as `capi-fast firewall remove` does).
+    backend(net, hooks=["input"]).remove()
+    rules = subprocess.run([*net.run("iptables"), "-S"], capture_output=True, text=True, check=True).stdout
+    sets = subprocess.run([*net.run("ipset"), "list", "-name"], capture_output=True, text=True, check=True).stdout
+    assert "capi_fast" not in rules and "capi_fast" not in sets
+    assert net.connects("10.77.0.3")
+
+
+def test_a_reload_with_other_settings_replaces_the_rules(net):
+    ix = DecisionIndex()
+    ix.add("10.77.0.3")
+    FirewallSync(ix, backend(net, action="drop")).sync()
+    FirewallSync(ix, backend(net, action="reject")).sync()
+    rules = subprocess.run([*net.run("iptables"), "-S", "INPUT"], capture_output=True, text=True, check=True).stdout
+    assert "REJECT" in rules and "DROP" not in rules

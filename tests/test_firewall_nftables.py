@@ -150,3 +150,19 @@ def test_a_million_decisions_then_a_delta_of_a_thousand_each_way(net):
     step = fw.sync()
     assert not step.full and (step.added, step.deleted) == (1000, 1000)
     assert fw.check()
+
+
+def test_a_full_load_keeps_chains_of_your_own_and_drops_hooks_no_longer_wanted(net):
+    ix = DecisionIndex()
+    ix.add("10.77.0.3")
+    backend = NftablesBackend(hooks=["input", "forward"], command=net.nft())
+    fw = FirewallSync(ix, backend)
+    fw.sync()
+    # A chain of the user's in the table (nft sets are only usable from their own table).
+    subprocess.run([*net.nft(), "add", "chain", "inet", "capi_fast", "mine"], check=True)
+    subprocess.run(
+        [*net.nft(), "add", "rule", "inet", "capi_fast", "mine", "ip", "saddr", "@ban_v4", "counter"], check=True
+    )
+    FirewallSync(ix, NftablesBackend(hooks=["input"], command=net.nft())).sync(full=True)
+    listed = subprocess.run([*net.nft(), "list", "table", "inet", "capi_fast"], capture_output=True, text=True).stdout
+    assert "chain mine" in listed and "chain input" in listed and "chain forward" not in listed

@@ -20,44 +20,17 @@ from collections.abc import Callable
 from types import FrameType
 
 from capi_fast.client import CapiClient
-from capi_fast.daemon_config import DaemonConfig, FirewallConfig, load_config
+from capi_fast.daemon_config import DaemonConfig, backend_of, load_config
 from capi_fast.engine import RemediationEngine
 from capi_fast.errors import CapiFastError, ConfigurationError
 from capi_fast.firewall import Backend, FirewallSync
-from capi_fast.ipset import IpsetBackend
 from capi_fast.lapi import LapiClient
-from capi_fast.nftables import NftablesBackend
 from capi_fast.refresher import RefreshSchedule
 from capi_fast.storage import FileStorage
 
 __all__ = ["Daemon"]
 
 log = logging.getLogger("capi_fast.daemon")
-
-
-def _backend(fw: FirewallConfig) -> Backend | None:
-    prefix = ("ip", "netns", "exec", fw.netns) if fw.netns else ()
-    if fw.backend == "nftables":
-        return NftablesBackend(
-            fw.name,
-            fw.remediations,
-            hooks=fw.hooks,
-            action=fw.action,
-            log_prefix=fw.log_prefix,
-            command=(*prefix, "nft"),
-        )
-    if fw.backend == "ipset":
-        return IpsetBackend(
-            fw.name,
-            fw.remediations,
-            hooks=fw.hooks,
-            action=fw.action,
-            log_prefix=fw.log_prefix,
-            ipset=(*prefix, "ipset"),
-            iptables=(*prefix, "iptables"),
-            ip6tables=(*prefix, "ip6tables"),
-        )
-    return None
 
 
 class Daemon:
@@ -68,51 +41,69 @@ class Daemon:
         wait: ``wait(seconds)`` returns True to stop (default: the stop event, which SIGTERM sets).
     """
 
+    source: LapiClient | CapiClient
+    engine: RemediationEngine
+    backend: Backend | None
+    firewall: FirewallSync | None
+    schedule: RefreshSchedule
+
     def __init__(self, config_path: str, wait: Callable[[float], bool] | None = None) -> None:
         self.config_path = config_path
         self.config: DaemonConfig = load_config(config_path)
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # wakes the wait, for a stop or a reload
+        self._stopping = False
         self._reload = False
         self._wait = wait or self.stop_event.wait
-        self._build()
+        self._retire: Backend | None = None  # an earlier configuration's backend, removed once the new one loaded
+        self._verified = time.monotonic()
+        self._build(self.config)
 
-    def _build(self) -> None:
-        c = self.config
+    def _build(self, c: DaemonConfig, keep_source: bool = False) -> None:
+        """Builds the source, engine and firewall of ``c``; nothing is assigned if one fails."""
         logging.getLogger("capi_fast").setLevel(c.log_level.upper())
-        source: LapiClient | CapiClient
-        if c.lapi_url:
-            source = LapiClient(c.lapi_url, c.api_key or "", user_agent="capi-fast-daemon")
+        if keep_source:
+            source, engine = self.source, self.engine
         else:
-            storage = FileStorage(c.home)
-            creds = storage.load_credentials()
+            source = self._source(c)
             try:
-                settings = json.loads((c.home / "cli.json").read_text())
-                scenarios, prefix = list(settings["scenarios"]), str(settings.get("prefix") or "")
-            except (OSError, ValueError, KeyError, TypeError):
-                scenarios, prefix = [], ""
-            if creds is None or not scenarios:
-                raise ConfigurationError(f"no CAPI machine in {c.home}: run `capi-fast --home {c.home} register` first")
-            source = CapiClient(
-                user_agent="capi-fast-daemon",
-                scenarios=scenarios,
-                storage=storage,
-                machine_id_prefix=prefix,
-                base_url=c.capi_url or creds.base_url,
-            )
-        self.source = source
-        self.engine = RemediationEngine(source, snapshot_path=c.snapshot, metrics_interval=c.metrics_interval)
-        self.backend = _backend(c.firewall)
+                engine = RemediationEngine(source, snapshot_path=c.snapshot, metrics_interval=c.metrics_interval)
+            except Exception:
+                source.close()
+                raise
+        backend = backend_of(c.firewall)
+        self.source, self.engine, self.backend = source, engine, backend
         self.firewall = (
-            None
-            if self.backend is None
-            else FirewallSync(lambda: self.engine.index, self.backend, c.firewall.remediations)
+            None if backend is None else FirewallSync(lambda: engine.index, backend, c.firewall.remediations)
         )
-        self.schedule = RefreshSchedule(self.engine._interval(c.interval), 0.1)
+        self.schedule = RefreshSchedule(engine._interval(c.interval), 0.1)
+
+    @staticmethod
+    def _source(c: DaemonConfig) -> LapiClient | CapiClient:
+        if c.lapi_url:
+            return LapiClient(c.lapi_url, c.api_key or "", user_agent="capi-fast-daemon")
+        storage = FileStorage(c.home)
+        creds = storage.load_credentials()
+        try:
+            settings = json.loads((c.home / "cli.json").read_text())
+            scenarios, prefix = list(settings["scenarios"]), str(settings.get("prefix") or "")
+        except (OSError, ValueError, KeyError, TypeError):
+            scenarios, prefix = [], ""
+        if creds is None or not scenarios:
+            raise ConfigurationError(f"no CAPI machine in {c.home}: run `capi-fast --home {c.home} register` first")
+        return CapiClient(
+            user_agent="capi-fast-daemon",
+            scenarios=scenarios,
+            storage=storage,
+            machine_id_prefix=prefix,
+            base_url=c.capi_url or creds.base_url,
+        )
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
-        self.stop_event.set()  # wakes the wait; the loop tells a reload from a stop
+        else:
+            self._stopping = True  # never undone by a reload
+        self.stop_event.set()
 
     def once(self) -> bool:
         """One refresh and sync; whether both went well. Never raises."""
@@ -129,38 +120,59 @@ class Daemon:
             else f"refresh: not performed ({r.error})"
         )
         ok = r.performed or r.error == "too soon"
-        if self.firewall is not None and self.engine.health().last_good_refresh is None:
+        loaded = self.config.snapshot is not None and self.engine.snapshot_error is None
+        if self.firewall is not None and self.engine.health().last_good_refresh is None and not loaded:
             # No decisions yet (the source is down and there is no snapshot): loading now would
             # empty what the kernel holds from an earlier run. Leave it until there is something.
             line += "; firewall left as it is (no decisions yet)"
         elif self.firewall is not None:
             try:
-                s = self.firewall.sync()
+                full = self._verify_due() and not self.firewall.check()
+                if full:
+                    line += "; the kernel's sets differ from what was applied (changed by someone else?)"
+                s = self.firewall.sync(full=full)
                 kind = "full load" if s.full else "delta"
                 line += f"; firewall {kind}: +{s.added} -{s.deleted} ({s.elements} elements) in {s.seconds:.3f} s"
+                self._retire_old()
             except CapiFastError as e:
                 ok = False
                 line += f"; firewall failed ({e}); the next sync loads everything"
         self.engine.push_usage_metrics(force=False)
-        log.info("%s [%.2f s]", line, time.perf_counter() - started)
+        log.log(logging.INFO if ok else logging.WARNING, "%s [%.2f s]", line, time.perf_counter() - started)
         return ok
+
+    def _verify_due(self) -> bool:
+        every = self.config.firewall.verify_every
+        if not every or time.monotonic() - self._verified < every:
+            return False
+        self._verified = time.monotonic()
+        return True
+
+    def _retire_old(self) -> None:
+        """Removes an earlier configuration's table/sets/rules, now that the new ones are loaded."""
+        if self._retire is not None:
+            old, self._retire = self._retire, None
+            try:
+                old.remove()
+            except CapiFastError as e:
+                log.error("could not remove the previous configuration's firewall objects: %s", e)
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT (or ``wait`` says stop); the exit code."""
         handlers = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             log.info("capi-fast daemon started (%s)", self.config_path)
-            while True:
+            while not self._stopping:
                 ok = self.once()
-                delay = self.schedule.next_delay(ok)
-                stop = self._wait(delay)
+                if self._stopping:
+                    break
+                stop = self._wait(self.schedule.next_delay(ok))
+                self.stop_event.clear()
+                if self._stopping or (stop and not self._reload):
+                    break
                 if self._reload:
                     self._reload = False
-                    self.stop_event.clear()
                     self._reread()
-                    continue
-                if stop or self.stop_event.is_set():
-                    break
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -169,20 +181,38 @@ class Daemon:
         return 0
 
     def _reread(self) -> None:
+        """SIGHUP: the new configuration replaces the old one only if all of it builds.
+
+        The packet filter is never left empty in between: the same table or sets are simply
+        reloaded by the next sync; others are removed only after the new ones loaded.
+        """
+        old_config, old_backend, old_source = self.config, self.backend, self.source
         try:
             config = load_config(self.config_path)
-        except CapiFastError as e:
-            log.error("configuration not reloaded, the old one stays: %s", e)
+            same_source = _source_key(config) == _source_key(old_config)
+            self._build(config, keep_source=same_source)
+        except Exception as e:  # a bad file must not take the daemon (or the firewall) down
+            log.error("configuration not reloaded, the old one stays: %s: %s", type(e).__name__, e)
             return
-        self._close(cleanup=config.firewall != self.config.firewall)
         self.config = config
-        self._build()
+        if not same_source:
+            old_source.close()
+        if old_backend is not None and config.firewall.identity != old_config.firewall.identity:
+            self._retire = old_backend
+            if self.backend is None:  # the firewall was turned off: nothing new to wait for
+                self._retire_old()
         log.info("configuration reloaded from %s", self.config_path)
 
-    def _close(self, cleanup: bool | None = None) -> None:
-        if self.backend is not None and (self.config.firewall.cleanup if cleanup is None else cleanup):
-            try:
-                self.backend.remove()
-            except CapiFastError as e:
-                log.error("could not remove the firewall's table/sets: %s", e)
+    def _close(self) -> None:
+        if self.config.firewall.cleanup:
+            for backend in (self.backend, self._retire):
+                if backend is not None:
+                    try:
+                        backend.remove()
+                    except CapiFastError as e:
+                        log.error("could not remove the firewall's objects: %s", e)
         self.source.close()
+
+
+def _source_key(c: DaemonConfig) -> tuple[object, ...]:
+    return (c.lapi_url, c.api_key, c.capi, c.home, c.capi_url, c.snapshot, c.metrics_interval)

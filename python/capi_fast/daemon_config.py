@@ -21,6 +21,8 @@ action = "drop"               # or "reject"
 log_prefix = "capi-fast: "    # optional
 cleanup = true                # remove the table/sets/rules on stop
 netns = "fw"                  # optional: run the firewall tools in this network namespace
+verify_every = 600            # seconds between read-backs of the kernel's sets (0: never);
+                              # a difference (someone flushed them) makes the next sync a full load
 
 [metrics]
 interval = 1800               # usage metrics to a LAPI; 0 turns them off
@@ -41,8 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from capi_fast.errors import ConfigurationError
+from capi_fast.firewall import Backend
+from capi_fast.ipset import IpsetBackend
+from capi_fast.nftables import NftablesBackend
 
-__all__ = ["DaemonConfig", "FirewallConfig", "load_config"]
+__all__ = ["DaemonConfig", "FirewallConfig", "backend_of", "load_config"]
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -59,6 +64,12 @@ class FirewallConfig:
     log_prefix: str | None = None
     cleanup: bool = True
     netns: str | None = None
+    verify_every: float = 600.0
+
+    @property
+    def identity(self) -> tuple[str, str, str | None]:
+        """What names the kernel objects: two configurations with the same one share them."""
+        return (self.backend, self.name, self.netns)
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,8 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
     home = Path(src.get("home", str, "a directory path", "/var/lib/capi-fast"))
     capi_url = src.get("capi_url", str, "an http(s) URL")
     interval = src.seconds("interval", None)
+    if interval is not None and interval < 1:
+        raise ConfigurationError(f"{where}: source.interval must be at least 1 second, got {interval!r}")
     src.done()
     if bool(lapi_url) == bool(capi):
         raise ConfigurationError(f"{where}: [source] needs either lapi_url or capi = true (one of them)")
@@ -178,10 +191,17 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         log_prefix=fw.get("log_prefix", str, "a string"),
         cleanup=fw.get("cleanup", bool, "true or false", True),
         netns=fw.get("netns", str, "a network namespace name"),
+        verify_every=fw.seconds("verify_every", 600.0, zero=True) or 0.0,
     )
     fw.done()
     if firewall.backend not in ("nftables", "ipset", "none"):
         raise ConfigurationError(f'{where}: firewall.backend must be "nftables", "ipset" or "none"')
+    if firewall.netns is not None and not firewall.netns.strip():
+        raise ConfigurationError(f"{where}: firewall.netns must name a network namespace (leave it out for this one)")
+    try:
+        backend_of(firewall)  # the backend's own checks (names, hooks, action, log prefix), before any I/O
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{where}: [firewall] {e}") from None
 
     met = _Table(doc, "metrics", where)
     metrics_interval = met.seconds("interval", 1800.0, zero=True)
@@ -206,3 +226,23 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         metrics_interval=1800.0 if metrics_interval is None else metrics_interval,
         log_level=level,
     )
+
+
+def backend_of(fw: FirewallConfig) -> Backend | None:
+    """The packet-filter backend ``[firewall]`` describes (None for ``backend = "none"``)."""
+    prefix = ("ip", "netns", "exec", fw.netns) if fw.netns else ()
+    if not fw.remediations:
+        raise ConfigurationError("remediations must name at least one remediation")
+    options = {"hooks": fw.hooks, "action": fw.action, "log_prefix": fw.log_prefix}
+    if fw.backend == "nftables":
+        return NftablesBackend(fw.name, fw.remediations, command=(*prefix, "nft"), **options)  # type: ignore[arg-type]
+    if fw.backend == "ipset":
+        return IpsetBackend(
+            fw.name,
+            fw.remediations,
+            ipset=(*prefix, "ipset"),
+            iptables=(*prefix, "iptables"),
+            ip6tables=(*prefix, "ip6tables"),
+            **options,  # type: ignore[arg-type]
+        )
+    return None

@@ -22,7 +22,6 @@ first in their chain on load when missing and deleted by ``remove``.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
 
@@ -160,12 +159,14 @@ class IpsetBackend:
             for fam in FAMILIES:
                 self._run([*self._ipset, "destroy", self._name(self.prefix, rem, fam, True)], check=False)
                 self._restore(self._rebuild(rem, fam, content.get((rem, fam), ())))
-        if "ban" in self.remediations:
-            for fam in FAMILIES:
-                for rule in reversed(self._rules(fam)):
-                    code, _ = self._run([*self._iptables[fam], "-C", *rule], check=False)
-                    if code != 0:
-                        self._run([*self._iptables[fam], "-I", rule[0], "1", *rule[1:]])
+        for fam in FAMILIES:
+            wanted = self._rules(fam) if "ban" in self.remediations else []
+            for rule in reversed(wanted):
+                code, _ = self._run([*self._iptables[fam], "-C", *rule], check=False)
+                if code != 0:
+                    self._run([*self._iptables[fam], "-I", rule[0], "1", *rule[1:]])
+            # Rules of ours made with other settings (another action, prefix or hook) go.
+            self._delete_rules(fam, keep=[" ".join(r) for r in wanted])
 
     def apply(self, change: Delta, content: Content) -> None:
         """Deletes and adds elements (a set that would outgrow ``maxelem`` is rebuilt instead)."""
@@ -198,17 +199,40 @@ class IpsetBackend:
                 out[(rem, fam)] = frozenset(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
         return out
 
+    def _delete_rules(self, fam: int, keep: Sequence[str] = ()) -> list[str]:
+        """Deletes the rules naming this backend's sets but ``keep``; the ones that would not go."""
+        ours = [f"--match-set {self.set_name(rem, fam)} src" for rem in self.remediations]
+        left = []
+        for chain in _HOOKS.values():
+            code, listing = self._run([*self._iptables[fam], "-S", chain], check=False)
+            rules = [line for line in listing.splitlines() if line.startswith(f"-A {chain} ")] if code == 0 else []
+            # By position, from the last: a rule's text may not survive a round trip through a shell.
+            for number in range(len(rules), 0, -1):
+                line = rules[number - 1]
+                if any(m in line for m in ours) and not any(_same_rule(line, k) for k in keep):
+                    if self._run([*self._iptables[fam], "-D", chain, str(number)], check=False)[0] != 0:
+                        left.append(line)
+        return left
+
     def remove(self) -> None:
-        """Deletes the rules this backend made, then its sets (what is not there is skipped)."""
-        for fam in FAMILIES:
-            # Every rule of ours, whatever action, log prefix or hook it was made with.
-            ours = [f"--match-set {self.set_name(rem, fam)} src" for rem in self.remediations]
-            for chain in _HOOKS.values():
-                code, listing = self._run([*self._iptables[fam], "-S", chain], check=False)
-                for line in listing.splitlines() if code == 0 else ():
-                    if line.startswith(f"-A {chain} ") and any(m in line for m in ours):
-                        self._run([*self._iptables[fam], "-D", *shlex.split(line)[1:]], check=False)
+        """Deletes the rules this backend made, then its sets; raises if something stays."""
+        left = [line for fam in FAMILIES for line in self._delete_rules(fam)]
         for rem in self.remediations:
             for fam in FAMILIES:
                 for tmp in (False, True):
-                    self._run([*self._ipset, "destroy", self._name(self.prefix, rem, fam, tmp)], check=False)
+                    name = self._name(self.prefix, rem, fam, tmp)
+                    if self._run([*self._ipset, "list", "-name", name], check=False)[0] != 0:
+                        continue
+                    if self._run([*self._ipset, "destroy", name], check=False)[0] != 0:
+                        left.append(f"set {name}")
+        if left:
+            raise FirewallError(f"could not remove: {'; '.join(left)}")
+
+
+def _same_rule(listed: str, wanted: str) -> bool:
+    """Whether an ``iptables -S`` line is the rule ``wanted`` (``CHAIN args...``), quotes aside.
+
+    iptables lists the options it filled in after ours (``REJECT --reject-with ...``).
+    """
+    want = f"-A {wanted}".replace('"', "").split()
+    return listed.replace('"', "").split()[: len(want)] == want

@@ -12,8 +12,9 @@ remediations' sets (say ``captcha``) are for rules of your own.
 
 Every change is one ``nft -f`` transaction, which the kernel applies whole or not at all:
 
-- ``load`` (start, or after a failure) recreates the table, its sets, chains and rules, and
-  fills the sets, in one transaction: there is no moment with an empty or missing set;
+- ``load`` (start, or after a failure) creates what is missing, flushes and refills the sets,
+  and rewrites this backend's own chains (``input``, ``forward``), in one transaction: there is
+  no moment with an empty or missing set, and chains of your own in the table stay;
 - ``apply`` deletes and adds elements;
 - ``remove`` deletes the table.
 
@@ -90,8 +91,10 @@ class NftablesBackend:
             raise ConfigurationError(f"action must be one of {_ACTIONS}, got {action!r}")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ConfigurationError(f"priority must be an integer, got {priority!r}")
-        if log_prefix is not None and (not log_prefix.isprintable() or '"' in log_prefix or len(log_prefix) > 64):
-            raise ConfigurationError("log_prefix must be printable, without double quotes, at most 64 characters")
+        if log_prefix is not None and (
+            not log_prefix.isprintable() or any(c in log_prefix for c in '"$\\') or len(log_prefix.encode()) > 64
+        ):
+            raise ConfigurationError("log_prefix must be printable, without '\"', '$' or '\\', at most 64 bytes")
         self.table = table
         self.remediations = tuple(remediations)
         self.hooks = tuple(hooks)
@@ -118,22 +121,31 @@ class NftablesBackend:
     # -- scripts (pure) --------------------------------------------------------------------------
 
     def load_script(self, content: Content) -> str:
-        """The transaction that (re)creates the table and fills every set."""
+        """The transaction that creates what is missing and refills every set.
+
+        The table is not deleted (a chain of your own in it, using the sets, stays); this
+        backend's chains (``input``, ``forward``) are flushed and refilled, or deleted when
+        their hook is no longer wanted.
+        """
         t = f"inet {self.table}"
-        lines = [f"add table {t}", f"delete table {t}", f"add table {t}"]
+        lines = [f"add table {t}"]
         for rem in self.remediations:
             for fam in FAMILIES:
-                lines.append(f"add set {t} {self._set(rem, fam)} {{ type ipv{fam}_addr; }}")
-                lines.append(f"add set {t} {self._set(rem, fam, True)} {{ type ipv{fam}_addr; flags interval; }}")
-        if "ban" in self.remediations:
-            log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
-            for hook in self.hooks:
-                base = f"type filter hook {hook} priority {self.priority}; policy accept;"
-                lines.append(f"add chain {t} {hook} {{ {base} }}")
-                for fam, ip in ((4, "ip"), (6, "ip6")):
-                    for nets in (False, True):
-                        match = f"{ip} saddr @{self._set('ban', fam, nets)}"
-                        lines.append(f"add rule {t} {hook} {match} {log}{self.action}")
+                for nets in (False, True):
+                    name = self._set(rem, fam, nets)
+                    flags = " flags interval;" if nets else ""
+                    lines += [f"add set {t} {name} {{ type ipv{fam}_addr;{flags} }}", f"flush set {t} {name}"]
+        log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
+        for hook in _HOOKS:
+            base = f"type filter hook {hook} priority {self.priority}; policy accept;"
+            lines += [f"add chain {t} {hook} {{ {base} }}", f"flush chain {t} {hook}"]
+            if hook not in self.hooks or "ban" not in self.remediations:
+                lines.append(f"delete chain {t} {hook}")
+                continue
+            for fam, ip in ((4, "ip"), (6, "ip6")):
+                for nets in (False, True):
+                    match = f"{ip} saddr @{self._set('ban', fam, nets)}"
+                    lines.append(f"add rule {t} {hook} {match} {log}{self.action}")
         for (rem, fam), cidrs in sorted(content.items()):
             lines.extend(self._elements("add", rem, fam, sorted(cidrs)))
         return "\n".join(lines) + "\n"
