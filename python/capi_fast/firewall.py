@@ -18,10 +18,27 @@ from typing import Protocol
 
 from capi_fast._native import DecisionIndex
 from capi_fast.errors import ConfigurationError
+from capi_fast.export import check_set_name
 
-__all__ = ["Backend", "Content", "Delta", "FirewallSync", "SyncReport"]
+__all__ = ["ACTIONS", "HOOKS", "Backend", "Content", "Delta", "FirewallSync", "SyncReport", "check_options"]
 
 FAMILIES = (4, 6)
+#: Where a backend's rules can hook, and what they do to a banned source.
+HOOKS = ("input", "forward")
+ACTIONS = ("drop", "reject")
+
+
+def check_options(names: Sequence[str], hooks: Sequence[str], action: str) -> None:
+    """The checks every backend makes of its set names, hooks and action (``ConfigurationError``)."""
+    for name in names:
+        try:
+            check_set_name(name)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+    if isinstance(hooks, str) or any(h not in HOOKS for h in hooks):
+        raise ConfigurationError(f"hooks must be a list of {HOOKS}, got {hooks!r}")
+    if action not in ACTIONS:
+        raise ConfigurationError(f"action must be one of {ACTIONS}, got {action!r}")
 
 #: (remediation, family) -> the CIDRs of that set.
 Content = dict[tuple[str, int], frozenset[str]]

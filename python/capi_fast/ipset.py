@@ -26,8 +26,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.export import check_set_name
-from capi_fast.firewall import FAMILIES, Content, Delta
+from capi_fast.firewall import FAMILIES, Content, Delta, check_options
 
 __all__ = ["IpsetBackend"]
 
@@ -75,18 +74,10 @@ class IpsetBackend:
         iptables: Sequence[str] = ("iptables",),
         ip6tables: Sequence[str] = ("ip6tables",),
     ) -> None:
-        for name in (prefix, *remediations):
-            try:
-                check_set_name(name)
-            except ValueError as e:
-                raise ConfigurationError(str(e)) from None
+        check_options((prefix, *remediations), hooks, action)
         longest = max(len(self._name(prefix, r, 4, True)) for r in remediations)
         if longest > _NAME_MAX:
             raise ConfigurationError(f"set names would be {longest} characters; ipset takes {_NAME_MAX}")
-        if isinstance(hooks, str) or any(h not in _HOOKS for h in hooks):
-            raise ConfigurationError(f"hooks must be a list of {tuple(_HOOKS)}, got {hooks!r}")
-        if action not in _ACTIONS:
-            raise ConfigurationError(f"action must be one of {tuple(_ACTIONS)}, got {action!r}")
         if log_prefix is not None and (not log_prefix.isprintable() or len(log_prefix) > 29):
             raise ConfigurationError("log_prefix must be printable and at most 29 characters (iptables' limit)")
         self.prefix = prefix

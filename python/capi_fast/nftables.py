@@ -32,14 +32,11 @@ from typing import Any
 import orjson
 
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.export import check_set_name
-from capi_fast.firewall import FAMILIES, Content, Delta
+from capi_fast.firewall import FAMILIES, HOOKS, Content, Delta, check_options
 
 __all__ = ["NftablesBackend"]
 
 _CHUNK = 4096
-_HOOKS = ("input", "forward")
-_ACTIONS = ("drop", "reject")
 
 
 def _canonical(element: Any) -> str | None:
@@ -80,15 +77,7 @@ class NftablesBackend:
         log_prefix: str | None = None,
         command: Sequence[str] = ("nft",),
     ) -> None:
-        for name in (table, *remediations):
-            try:
-                check_set_name(name)
-            except ValueError as e:
-                raise ConfigurationError(str(e)) from None
-        if isinstance(hooks, str) or any(h not in _HOOKS for h in hooks):
-            raise ConfigurationError(f"hooks must be a list of {_HOOKS}, got {hooks!r}")
-        if action not in _ACTIONS:
-            raise ConfigurationError(f"action must be one of {_ACTIONS}, got {action!r}")
+        check_options((table, *remediations), hooks, action)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ConfigurationError(f"priority must be an integer, got {priority!r}")
         if log_prefix is not None and (
@@ -136,7 +125,7 @@ class NftablesBackend:
                     flags = " flags interval;" if nets else ""
                     lines += [f"add set {t} {name} {{ type ipv{fam}_addr;{flags} }}", f"flush set {t} {name}"]
         log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
-        for hook in _HOOKS:
+        for hook in HOOKS:
             base = f"type filter hook {hook} priority {self.priority}; policy accept;"
             lines += [f"add chain {t} {hook} {{ {base} }}", f"flush chain {t} {hook}"]
             if hook not in self.hooks or "ban" not in self.remediations:
