@@ -254,3 +254,27 @@ def test_check_exit_code_json_anywhere_version_dates_and_remembered_url(capsys, 
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("capi-fast ")
+
+
+def test_a_progress_line_on_a_terminal_only(sim, tmp_path):
+    import pty
+
+    cmd = [sys.executable, "-m", "capi_fast.cli", "--home", str(tmp_path), "--url", sim.url, "--scenario", "mywaf/x"]
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run([*cmd, "refresh"], stderr=slave, stdout=subprocess.PIPE, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0 and b"pulling decisions from" in seen and b"\x1b[2K" in seen
+    piped = subprocess.run([*cmd, "refresh", "--force"], capture_output=True, timeout=120)
+    assert piped.returncode == 0 and b"pulling" not in piped.stderr, "no progress line when stderr is not a terminal"

@@ -9,13 +9,14 @@ from a LAPI instead; a key on the command line shows in ``ps``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,8 @@ def _firewall(a: argparse.Namespace) -> int:
         _print(a, f"removed {a.backend} {a.name}", {"removed": True})
         return 0
     engine = _offline(a)  # never load an empty set for want of a snapshot
-    r = FirewallSync(engine.index, backend, remediations).sync(full=True)
+    with _progress(f"loading {a.backend}"):
+        r = FirewallSync(engine.index, backend, remediations).sync(full=True)
     _print(a, f"loaded {r.elements} elements into {a.backend} {a.name} in {r.seconds:.2f} s", {"elements": r.elements})
     return 0
 
@@ -257,6 +259,19 @@ def _export(a: argparse.Namespace) -> int:
             print(f"capi-fast: no {family} {a.remediation!r} decision: its set is left as it is", file=sys.stderr)
     sys.stdout.write(render(a.format, a.set_name, v4, v6, allow_empty=a.allow_empty))
     return 0
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[None]:
+    """A progress line on a terminal's stderr while a long step runs, erased after."""
+    shown = sys.stderr.isatty()
+    if shown:
+        print(f"{what} ...", end="\r", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        if shown:
+            print("\x1b[2K", end="\r", file=sys.stderr, flush=True)
 
 
 def _date(t: Any) -> Any:
@@ -310,18 +325,8 @@ def _run(a: argparse.Namespace) -> int:
             _print(a, f"machine {c.machine_id} enrolled", {"machine_id": c.machine_id, "enrolled": True})
     elif a.command == "refresh":
         engine = _engine(a)
-        if sys.stderr.isatty():  # a progress line while the pull runs, erased after
-            print(
-                f"pulling decisions from {engine.source.base_url if engine.source else '?'} ...",
-                end="\r",
-                file=sys.stderr,
-                flush=True,
-            )
-        try:
+        with _progress(f"pulling decisions from {engine.source.base_url if engine.source else '?'}"):
             r = engine.refresh_decisions(force=a.force)
-        finally:
-            if sys.stderr.isatty():
-                print("\x1b[2K", end="\r", file=sys.stderr, flush=True)
         data = {k: getattr(r, k) for k in r.__dataclass_fields__}
         human = (
             f"refreshed: +{r.added} -{r.deleted} decisions ({r.skipped} skipped), lists updated "

@@ -40,6 +40,7 @@ def check_options(names: Sequence[str], hooks: Sequence[str], action: str) -> No
     if action not in ACTIONS:
         raise ConfigurationError(f"action must be one of {ACTIONS}, got {action!r}")
 
+
 #: (remediation, family) -> the CIDRs of that set.
 Content = dict[tuple[str, int], frozenset[str]]
 
