@@ -529,6 +529,9 @@ def test_flask_captcha_flow_under_gunicorn(snapshot):
         with gunicorn_serving("flask_app:app", env) as url, httpx.Client(timeout=10) as client:
             assert get(url + "/page", CAPTCHA_IP).status_code == 401
             assert post_token(client, url + "/page", CAPTCHA_IP, "cf-turnstile-response", "nope").status_code == 401
+            r = post_token(client, url + "/a%2Fb?x=%20y", CAPTCHA_IP, "cf-turnstile-response", FakeVerify.TOKEN)
+            assert r.status_code == 303 and r.headers["location"] == "/a%2Fb?x=%20y", "the path as sent"
+            client.cookies.clear()  # the client kept the solve: start again without it
             r = post_token(client, url + "/page?q=2", CAPTCHA_IP, "cf-turnstile-response", FakeVerify.TOKEN)
             assert r.status_code == 303 and r.headers["location"] == "/page?q=2"
             jar = {COOKIE_NAME: r.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]}

@@ -47,6 +47,20 @@ def _respond(start_response: StartResponse, reply: Reply) -> list[bytes]:
     return [reply.body]
 
 
+def _target(environ: Environ) -> str:
+    """Where a solve sends the client back.
+
+    The request's path as sent (gunicorn's ``RAW_URI``, waitress's and uWSGI's ``REQUEST_URI``),
+    else as the server decoded it.
+    """
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        path, _, query = raw.partition("?")
+        return location_of(path.encode("latin-1", "replace"), query, encoded=True)
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/")
+    return location_of(path.encode("latin-1", "replace"), environ.get("QUERY_STRING", ""))
+
+
 def _read_body(environ: Environ) -> bytes | None:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -104,5 +118,4 @@ class BouncerMiddleware:
         if not b.captcha.verify(token, ip):
             return b.captcha_reply(ip, headers, retry=True)
         secure = b.secure(environ.get("wsgi.url_scheme", "http"), environ.get("REMOTE_ADDR"), headers)
-        path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/")).encode("latin-1", "replace")
-        return b.solved_reply(ip, location_of(path, environ.get("QUERY_STRING", "")), secure)
+        return b.solved_reply(ip, _target(environ), secure)
