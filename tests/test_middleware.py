@@ -480,6 +480,8 @@ def test_bad_settings_are_refused_with_clear_errors(engine):
         Captcha("turnstile", site_key="a", secret_key="b", cookie_key="short")
     with pytest.raises(ConfigurationError, match="trusted proxy"):
         AsgiBouncer(app, engine, trusted_proxies=["not-a-net"])
+    with pytest.raises(ConfigurationError, match="excluded address 'nope'"):
+        AsgiBouncer(app, engine, exclude_addresses=["nope"])
     with pytest.raises(ConfigurationError, match="ban_status"):
         WsgiBouncer(lambda e, s: [], engine, ban_status=200)
     with pytest.raises(ConfigurationError, match="engine"):

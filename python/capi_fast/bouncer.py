@@ -20,7 +20,6 @@ the engine's ``stale_action`` answers, the same failure action as a LAPI out of 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from urllib.parse import parse_qs, quote
 import orjson
 
 from capi_fast.captcha import MAX_FORM_BYTES, Captcha
-from capi_fast.client_address import ClientAddress, address_text
+from capi_fast.client_address import ClientAddress, Networks, address_text
 from capi_fast.errors import ConfigurationError
 from capi_fast.pages import BAN_TEMPLATE, CAPTCHA_TEMPLATE, Page, captcha_form, checked_template
 
@@ -117,10 +116,7 @@ class Bouncer:
         self.captcha = captcha
         self._paths = frozenset(p for p in exclude_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exclude_paths if p.endswith("/"))
-        try:
-            self._excluded_nets = tuple(ipaddress.ip_network(a, strict=False) for a in exclude_addresses)
-        except (ValueError, TypeError):
-            raise ConfigurationError(f"exclude_addresses: {exclude_addresses!r} holds a non-network") from None
+        self._excluded = Networks(exclude_addresses, "excluded address")
         self._ban_page = Page(checked_template(ban_template, (), "ban_template"))
         captcha_page = checked_template(captcha_template, ("form",), "captcha_template")
         form = captcha_form(captcha) if captcha is not None else ""
@@ -162,7 +158,7 @@ class Bouncer:
                 ip = address_text(ip) or ip
             if not ip:
                 return ip, self._no_address()
-            if self._excluded_nets and self._excluded_address(ip):
+            if self._excluded and self._excluded.holds(ip):
                 return ip, BYPASS
             answer = self.engine.get_ip_remediation(ip)
             if answer == BYPASS:
@@ -180,15 +176,6 @@ class Bouncer:
                 self.address.header,
             )
         return BAN
-
-    def _excluded_address(self, ip: str) -> bool:
-        try:
-            a = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-            a = a.ipv4_mapped
-        return any(a.version == n.version and a in n for n in self._excluded_nets)
 
     def _action(self, ip: str, answer: str, headers: Headers) -> str:
         if answer not in (BAN, CAPTCHA):

@@ -18,12 +18,11 @@ from collections.abc import Iterable, Sequence
 from capi_fast._native import DecisionIndex
 from capi_fast.errors import ConfigurationError, InvalidIP
 
-__all__ = ["ClientAddress", "address_text"]
+__all__ = ["ClientAddress", "Networks", "address_text"]
 
-_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 HEADERS = ("x-forwarded-for", "forwarded")
-_PROXY = "proxy"
+_MEMBER = "member"
 
 
 def _address(text: str) -> _Addr | None:
@@ -80,6 +79,39 @@ def address_text(text: str) -> str | None:
     return t
 
 
+class Networks:
+    """Addresses and networks, asked natively "is this address in one of them?".
+
+    Args:
+        entries: addresses or networks (``"10.0.0.0/8"``, ``"2001:db8::1"``).
+        what: how an entry is named in the error for one that is not an address or network.
+    """
+
+    def __init__(self, entries: Iterable[str], what: str) -> None:
+        self._index = DecisionIndex([_MEMBER])
+        self.count = 0
+        for entry in entries:
+            try:
+                net = ipaddress.ip_network(entry, strict=False)
+            except (ValueError, TypeError):
+                raise ConfigurationError(f"{what} {entry!r} is not an address or network") from None
+            self._index.add(str(net), _MEMBER)
+            self.count += 1
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def holds(self, address: str) -> bool | None:
+        """Whether ``address`` is in one of the networks; None when it is not an address.
+
+        IPv4-mapped IPv6 is read as IPv4.
+        """
+        try:
+            return self._index.lookup(address) is not None
+        except InvalidIP:
+            return None
+
+
 class ClientAddress:
     """Resolves the client's address of a request.
 
@@ -97,33 +129,13 @@ class ClientAddress:
         header = header.lower()
         if header not in HEADERS:
             raise ConfigurationError(f"header must be one of {HEADERS}, got {header!r}")
-        nets: list[_Net] = []
-        self.unix = False
-        for p in trusted_proxies:
-            if p == "unix":
-                self.unix = True
-                continue
-            try:
-                nets.append(ipaddress.ip_network(p, strict=False))
-            except (ValueError, TypeError):
-                raise ConfigurationError(f"trusted proxy {p!r} is not an address or network") from None
-        self.trusted = tuple(nets)
+        self.unix = "unix" in trusted_proxies
+        self._proxies = Networks((p for p in trusted_proxies if p != "unix"), "trusted proxy")
         #: Whether any header can be believed (some proxy, or unix sockets, is trusted).
-        self.trusted_any = bool(nets) or self.unix
+        self.trusted_any = bool(self._proxies) or self.unix
         self.header = header
-        # The native index answers "is this address in one of these networks?" (and "is it an
-        # address at all?") in one call, IPv4-mapped IPv6 included.
-        self._proxies = DecisionIndex([_PROXY])
-        for n in nets:
-            self._proxies.add(str(n), _PROXY)
+        self._trust = self._proxies.holds
         self._peers: dict[str, tuple[str, bool | None]] = {}
-
-    def _trust(self, text: str) -> bool | None:
-        """Whether the address ``text`` is a trusted proxy; None when it is not an address."""
-        try:
-            return self._proxies.lookup(text) is not None
-        except InvalidIP:
-            return None
 
     def _peer(self, peer: str) -> tuple[str, bool | None]:
         """``(address text, trusted)`` of a socket peer (trusted None: not an address).
