@@ -278,3 +278,9 @@ def test_a_progress_line_on_a_terminal_only(sim, tmp_path):
     assert done.returncode == 0 and b"pulling decisions from" in seen and b"\x1b[2K" in seen
     piped = subprocess.run([*cmd, "refresh", "--force"], capture_output=True, timeout=120)
     assert piped.returncode == 0 and b"pulling" not in piped.stderr, "no progress line when stderr is not a terminal"
+
+
+def test_a_damaged_registration_file_reads_as_nothing_remembered(capsys, tmp_path):
+    (tmp_path / "cli.json").write_text('{"scenarios": "not a list", "prefix": 7, "url": ""}')
+    assert main(["--home", str(tmp_path), "refresh"]) == 2
+    assert "no scenario" in capsys.readouterr().err

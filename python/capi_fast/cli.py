@@ -25,10 +25,11 @@ from capi_fast._native import __version__
 from capi_fast.client import PROD_URL, CapiClient
 from capi_fast.demo import run_demo
 from capi_fast.engine import RemediationEngine
-from capi_fast.errors import CapiFastError, ConfigurationError, SnapshotError, StorageError
+from capi_fast.errors import CapiFastError, ConfigurationError, SnapshotError
 from capi_fast.export import FORMATS, check_set_name, render
-from capi_fast.files import write_atomic
+from capi_fast.files import read_private
 from capi_fast.lapi import LapiClient
+from capi_fast.registration import Registration, load_registration, save_registration
 from capi_fast.storage import FileStorage
 
 __all__ = ["main"]
@@ -132,32 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_SETTINGS = "cli.json"
-
-
-def _settings(a: argparse.Namespace) -> dict[str, Any]:
-    """What ``register`` was given (scenarios, prefix), so later commands need not repeat it."""
-    try:
-        doc = json.loads((Path(a.home) / _SETTINGS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _remember(a: argparse.Namespace, scenarios: list[str], prefix: str, url: str) -> None:
-    doc = {"scenarios": scenarios, "prefix": prefix, "url": url}
-    write_atomic(Path(a.home) / _SETTINGS, json.dumps(doc).encode())
-
-
 def _url(a: argparse.Namespace) -> str:
     """--url (or CAPI_FAST_URL), else the URL register was given, else CAPI's production URL."""
-    return str(a.url or _settings(a).get("url") or PROD_URL)
+    return str(a.url or load_registration(a.home).url or PROD_URL)
 
 
 def _client(a: argparse.Namespace) -> CapiClient:
-    saved = _settings(a)
-    scenarios = a.scenario or list(saved.get("scenarios") or [])
-    prefix = a.prefix if a.prefix is not None else str(saved.get("prefix") or "")
+    saved = load_registration(a.home)
+    scenarios = a.scenario or list(saved.scenarios)
+    prefix = a.prefix if a.prefix is not None else saved.prefix
     if not scenarios:
         raise ConfigurationError(
             "no scenario: pass --scenario NAME (repeatable) to register; later commands reuse what register was given"
@@ -176,13 +160,7 @@ def _api_key(a: argparse.Namespace) -> str:
     """The LAPI key: from --api-key-file (refused if others can read it), else --api-key / the environment."""
     if not a.api_key_file:
         return str(a.api_key or "")
-    path = Path(a.api_key_file)
-    try:
-        if path.stat().st_mode & 0o077:
-            raise StorageError(f"{path} is readable by other users; run chmod 600 {path}")
-        return path.read_text().strip()
-    except OSError as e:
-        raise StorageError(f"cannot read the LAPI key file {path}: {e.strerror}") from None
+    return read_private(a.api_key_file, "LAPI key file")
 
 
 def _snapshot(a: argparse.Namespace) -> Path:
@@ -317,7 +295,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "register":
         with _client(a) as c:
             c.login()
-            _remember(a, c.scenarios, c.machine_id_prefix, c.base_url)
+            save_registration(a.home, Registration(tuple(c.scenarios), c.machine_id_prefix, c.base_url))
             _print(a, f"machine {c.machine_id} registered at {c.base_url}", {"machine_id": c.machine_id})
     elif a.command == "enroll":
         with _client(a) as c:

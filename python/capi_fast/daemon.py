@@ -11,7 +11,6 @@ A failed firewall transaction is logged and the next sync loads everything again
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -26,6 +25,7 @@ from capi_fast.errors import CapiFastError, ConfigurationError
 from capi_fast.firewall import Backend, FirewallSync
 from capi_fast.lapi import LapiClient
 from capi_fast.refresher import RefreshSchedule
+from capi_fast.registration import load_registration
 from capi_fast.storage import FileStorage
 
 __all__ = ["Daemon"]
@@ -83,18 +83,14 @@ class Daemon:
             return LapiClient(c.lapi_url, c.api_key or "", user_agent="capi-fast-daemon")
         storage = FileStorage(c.home)
         creds = storage.load_credentials()
-        try:
-            settings = json.loads((c.home / "cli.json").read_text())
-            scenarios, prefix = list(settings["scenarios"]), str(settings.get("prefix") or "")
-        except (OSError, ValueError, KeyError, TypeError):
-            scenarios, prefix = [], ""
-        if creds is None or not scenarios:
+        registered = load_registration(c.home)
+        if creds is None or not registered.scenarios:
             raise ConfigurationError(f"no CAPI machine in {c.home}: run `capi-fast --home {c.home} register` first")
         return CapiClient(
             user_agent="capi-fast-daemon",
-            scenarios=scenarios,
+            scenarios=list(registered.scenarios),
             storage=storage,
-            machine_id_prefix=prefix,
+            machine_id_prefix=registered.prefix,
             base_url=c.capi_url or creds.base_url,
         )
 

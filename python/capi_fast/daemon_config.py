@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capi_fast.errors import ConfigurationError
+from capi_fast.errors import ConfigurationError, StorageError
+from capi_fast.files import read_private
 from capi_fast.firewall import Backend
 from capi_fast.ipset import IpsetBackend
 from capi_fast.nftables import NftablesBackend
@@ -135,11 +136,9 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def _key_file(path: Path, where: Path) -> str:
     try:
-        if path.stat().st_mode & 0o077:
-            raise ConfigurationError(f"{where}: {path} is readable by other users; run chmod 600 {path}")
-        key = path.read_text().strip()
-    except OSError as e:
-        raise ConfigurationError(f"{where}: cannot read source.api_key_file {path}: {e.strerror}") from None
+        key = read_private(path, "source.api_key_file")
+    except StorageError as e:
+        raise ConfigurationError(f"{where}: {e}") from None
     if not key:
         raise ConfigurationError(f"{where}: source.api_key_file {path} is empty")
     return key

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from capi_fast.errors import StorageError
 
-__all__ = ["write_atomic"]
+__all__ = ["read_private", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
@@ -40,3 +40,18 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def read_private(path: str | os.PathLike[str], what: str) -> str:
+    """The text of a secret file (stripped), refused when other users can read it.
+
+    Raises:
+        StorageError: others can read it (with the ``chmod`` that fixes it), or it cannot be read.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_mode & 0o077:
+            raise StorageError(f"{path} is readable by other users; run chmod 600 {path}")
+        return path.read_text().strip()
+    except OSError as e:
+        raise StorageError(f"cannot read the {what} {path}: {e.strerror}") from None
