@@ -11,21 +11,43 @@ in the same transaction, so no packet ever meets an empty set. Allowlisted addre
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from capi_fast._native import DecisionIndex
-from capi_fast.errors import ConfigurationError
+from capi_fast.errors import ConfigurationError, FirewallError
 from capi_fast.export import check_set_name
 
-__all__ = ["ACTIONS", "HOOKS", "Backend", "Content", "Delta", "FirewallSync", "SyncReport", "check_options"]
+__all__ = ["ACTIONS", "HOOKS", "Backend", "Content", "Delta", "FirewallSync", "SyncReport", "check_options", "run_tool"]
 
 FAMILIES = (4, 6)
 #: Where a backend's rules can hook, and what they do to a banned source.
 HOOKS = ("input", "forward")
 ACTIONS = ("drop", "reject")
+
+
+def run_tool(
+    tool: Sequence[str], args: Sequence[str], script: str | None = None, check: bool = True
+) -> tuple[int, str]:
+    """Runs a packet-filter tool (``tool``: the command, maybe under ``ip netns exec NS``).
+
+    Returns its exit code and output. Raises ``FirewallError`` when it cannot be run, and with
+    ``check`` when it fails (with the first lines of what it said).
+    """
+    name = tool[-1] if tool else "?"
+    try:
+        done = subprocess.run(
+            [*tool, *args], input=None if script is None else script.encode(), capture_output=True, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FirewallError(f"could not run {' '.join(tool)}: {e}") from None
+    if check and done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        raise FirewallError(f"{name} failed ({done.returncode}): {' / '.join(why[:3]) or 'no message'}")
+    return done.returncode, done.stdout.decode(errors="replace")
 
 
 def check_options(names: Sequence[str], hooks: Sequence[str], action: str) -> None:

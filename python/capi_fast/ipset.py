@@ -22,11 +22,10 @@ first in their chain on load when missing and deleted by ``remove``.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 from collections.abc import Iterable, Sequence
 
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.firewall import FAMILIES, Content, Delta, check_options
+from capi_fast.firewall import FAMILIES, Content, Delta, check_options, run_tool
 
 __all__ = ["IpsetBackend"]
 
@@ -99,21 +98,9 @@ class IpsetBackend:
 
     # -- running the tools -------------------------------------------------------------------------
 
-    def _run(self, cmd: Sequence[str], script: str | None = None, check: bool = True) -> tuple[int, str]:
-        try:
-            done = subprocess.run(
-                list(cmd), input=None if script is None else script.encode(), capture_output=True, timeout=600
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise FirewallError(f"could not run {' '.join(cmd[:1])}: {e}") from None
-        if check and done.returncode != 0:
-            why = done.stderr.decode(errors="replace").strip().splitlines()
-            raise FirewallError(f"{cmd[-1] if cmd else '?'} failed: {' / '.join(why[:3]) or done.returncode}")
-        return done.returncode, done.stdout.decode(errors="replace")
-
     def _restore(self, lines: list[str]) -> None:
         if lines:
-            self._run([*self._ipset, "restore"], "\n".join(lines) + "\n")
+            run_tool(self._ipset, ["restore"], "\n".join(lines) + "\n")
 
     def _rules(self, family: int) -> list[list[str]]:
         """The rules this backend owns in one family, as iptables arguments after the chain."""
@@ -136,7 +123,7 @@ class IpsetBackend:
         kind = f"hash:net family {'inet' if fam == 4 else 'inet6'}"
         # ``create -exist`` still fails when the live set differs (another maxelem): the live set is
         # only created when missing, and takes the new one's size with the swap.
-        exists = self._run([*self._ipset, "list", "-name", live], check=False)[0] == 0
+        exists = run_tool(self._ipset, ["list", "-name", live], check=False)[0] == 0
         lines = [] if exists else [f"create {live} {kind} maxelem {maxelem}"]
         lines.append(f"create {tmp} {kind} maxelem {maxelem}")
         lines += [f"add {tmp} {e}" for e in entries]
@@ -148,14 +135,14 @@ class IpsetBackend:
         """Replaces every set's content by a swap, then makes sure the rules are there."""
         for rem in self.remediations:
             for fam in FAMILIES:
-                self._run([*self._ipset, "destroy", self._name(self.prefix, rem, fam, True)], check=False)
+                run_tool(self._ipset, ["destroy", self._name(self.prefix, rem, fam, True)], check=False)
                 self._restore(self._rebuild(rem, fam, content.get((rem, fam), ())))
         for fam in FAMILIES:
             wanted = self._rules(fam) if "ban" in self.remediations else []
             for rule in reversed(wanted):
-                code, _ = self._run([*self._iptables[fam], "-C", *rule], check=False)
+                code, _ = run_tool(self._iptables[fam], ["-C", *rule], check=False)
                 if code != 0:
-                    self._run([*self._iptables[fam], "-I", rule[0], "1", *rule[1:]])
+                    run_tool(self._iptables[fam], ["-I", rule[0], "1", *rule[1:]])
             # Rules of ours made with other settings (another action, prefix or hook) go.
             self._delete_rules(fam, keep=[" ".join(r) for r in wanted])
 
@@ -167,7 +154,7 @@ class IpsetBackend:
             if rem not in self.remediations:
                 raise ConfigurationError(f"this backend has no set for {rem!r}")
             if len(_entries(content.get(key, ()))) > self.maxelem.get(key, 0):
-                self._run([*self._ipset, "destroy", self._name(self.prefix, rem, fam, True)], check=False)
+                run_tool(self._ipset, ["destroy", self._name(self.prefix, rem, fam, True)], check=False)
                 lines += self._rebuild(rem, fam, content.get(key, ()))
                 continue
             live = self.set_name(rem, fam)
@@ -181,7 +168,7 @@ class IpsetBackend:
         for rem in self.remediations:
             for fam in FAMILIES:
                 name = self.set_name(rem, fam)
-                _, text = self._run([*self._ipset, "save", name])
+                _, text = run_tool(self._ipset, ["save", name])
                 nets = []
                 for line in text.splitlines():
                     parts = line.split()
@@ -195,13 +182,13 @@ class IpsetBackend:
         ours = [f"--match-set {self.set_name(rem, fam)} src" for rem in self.remediations]
         left = []
         for chain in _HOOKS.values():
-            code, listing = self._run([*self._iptables[fam], "-S", chain], check=False)
+            code, listing = run_tool(self._iptables[fam], ["-S", chain], check=False)
             rules = [line for line in listing.splitlines() if line.startswith(f"-A {chain} ")] if code == 0 else []
             # By position, from the last: a rule's text may not survive a round trip through a shell.
             for number in range(len(rules), 0, -1):
                 line = rules[number - 1]
                 if any(m in line for m in ours) and not any(_same_rule(line, k) for k in keep):
-                    if self._run([*self._iptables[fam], "-D", chain, str(number)], check=False)[0] != 0:
+                    if run_tool(self._iptables[fam], ["-D", chain, str(number)], check=False)[0] != 0:
                         left.append(line)
         return left
 
@@ -212,9 +199,9 @@ class IpsetBackend:
             for fam in FAMILIES:
                 for tmp in (False, True):
                     name = self._name(self.prefix, rem, fam, tmp)
-                    if self._run([*self._ipset, "list", "-name", name], check=False)[0] != 0:
+                    if run_tool(self._ipset, ["list", "-name", name], check=False)[0] != 0:
                         continue
-                    if self._run([*self._ipset, "destroy", name], check=False)[0] != 0:
+                    if run_tool(self._ipset, ["destroy", name], check=False)[0] != 0:
                         left.append(f"set {name}")
         if left:
             raise FirewallError(f"could not remove: {'; '.join(left)}")

@@ -25,14 +25,13 @@ network namespace, as the tests do).
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.firewall import FAMILIES, HOOKS, Content, Delta, check_options
+from capi_fast.firewall import FAMILIES, HOOKS, Content, Delta, check_options, run_tool
 
 __all__ = ["NftablesBackend"]
 
@@ -158,20 +157,8 @@ class NftablesBackend:
 
     # -- I/O ---------------------------------------------------------------------------------------
 
-    def _run(self, args: Sequence[str], script: str | None = None) -> bytes:
-        try:
-            done = subprocess.run(
-                [*self.command, *args],
-                input=None if script is None else script.encode(),
-                capture_output=True,
-                timeout=600,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise FirewallError(f"could not run {' '.join(self.command)}: {e}") from None
-        if done.returncode != 0:
-            why = done.stderr.decode(errors="replace").strip().splitlines()
-            raise FirewallError(f"nft failed ({done.returncode}): {' / '.join(why[:3]) or 'no message'}")
-        return done.stdout
+    def _run(self, args: Sequence[str], script: str | None = None) -> str:
+        return run_tool(self.command, args, script)[1]
 
     def load(self, content: Content) -> None:
         """Recreates the table and fills its sets, in one transaction."""
