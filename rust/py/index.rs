@@ -420,14 +420,10 @@ impl PyDecisionIndex {
         let ix = self.inner.snapshot();
         let by_tag = py.detach(|| ix.active_by_tag(now));
         let out = PyDict::new(py);
+        // A tag is one (origin, remediation) pair: each key is set once.
         for (tag, &n) in by_tag.iter().enumerate().filter(|&(_, &n)| n > 0) {
             let (origin, rem) = ix.tag_parts(tag as u16);
-            let key = (ix.origins()[origin as usize].as_str(), ix.remediations()[rem as usize].as_str());
-            let before: u64 = match out.get_item(key)? {
-                Some(v) => v.extract()?,
-                None => 0,
-            };
-            out.set_item(key, before + n)?;
+            out.set_item((ix.origins()[origin as usize].as_str(), ix.remediations()[rem as usize].as_str()), n)?;
         }
         Ok(out)
     }
