@@ -47,6 +47,24 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def lapi_config(tmp_path: Path, net: Net, url: str, key: str, extra: str = "", name: str = "c.toml") -> Path:
+    return write(
+        tmp_path / name,
+        f"""
+[source]
+lapi_url = "{url}"
+api_key = "{key}"
+interval = 1
+
+[firewall]
+backend = "nftables"
+action = "reject"
+netns = "{net.srv}"
+{extra}
+""",
+    )
+
+
 class Running:
     """The daemon as a child process; its log is read at the end."""
 
@@ -229,45 +247,13 @@ def test_a_source_down_at_start_leaves_the_kernel_alone(net, tmp_path):
     ix.add("10.77.0.3")
     FirewallSync(ix, NftablesBackend(action="reject", command=net.nft())).sync()
     assert not net.connects("10.77.0.3")
-    config = write(
-        tmp_path / "down.toml",
-        f"""
-[source]
-lapi_url = "http://127.0.0.1:1/"
-api_key = "k"
-interval = 1
-
-[firewall]
-backend = "nftables"
-action = "reject"
-netns = "{net.srv}"
-cleanup = false
-""",
-    )
+    config = lapi_config(tmp_path, net, "http://127.0.0.1:1/", "k", "cleanup = false", name="down.toml")
     daemon = Running(config)
     try:
         until("two refresh attempts", lambda: daemon.text().count("firewall left as it is") >= 2)
         assert not net.connects("10.77.0.3"), "the earlier content still blocks"
     finally:
         assert daemon.stop() == 0, daemon.text()
-
-
-def lapi_config(tmp_path: Path, net: Net, url: str, key: str, extra: str = "", name: str = "c.toml") -> Path:
-    return write(
-        tmp_path / name,
-        f"""
-[source]
-lapi_url = "{url}"
-api_key = "{key}"
-interval = 1
-
-[firewall]
-backend = "nftables"
-action = "reject"
-netns = "{net.srv}"
-{extra}
-""",
-    )
 
 
 def test_reloads_never_leave_the_kernel_empty_and_sigterm_wins(net, tmp_path):
