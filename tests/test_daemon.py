@@ -306,3 +306,20 @@ def test_firewall_failures_show_at_warning_level(tmp_path):
         until("a warning", lambda: "WARNING" in daemon.text() and "firewall failed" in daemon.text())
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_burst_of_signals_never_wedges_the_daemon(tmp_path):
+    # Signals landing while another's handler runs: a handler that took a lock could deadlock.
+    config = write(tmp_path / "b.toml", '[source]\nlapi_url = "http://127.0.0.1:1/"\napi_key = "k"\ninterval = 1\n')
+    daemon = Running(config)
+    try:
+        until("the start", lambda: "daemon started" in daemon.text())
+        for _ in range(300):
+            daemon.proc.send_signal(signal.SIGHUP)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0, daemon.text()[-2000:]
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+        daemon.out.close()

@@ -11,9 +11,11 @@ A failed firewall transaction is logged and the next sync loads everything again
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -38,7 +40,7 @@ class Daemon:
 
     Args:
         config_path: the TOML file (``capi_fast.daemon_config``).
-        wait: ``wait(seconds)`` returns True to stop (default: the stop event, which SIGTERM sets).
+        wait: ``wait(seconds)`` returns True to stop (default: sleep until a signal arrives).
     """
 
     source: LapiClient | CapiClient
@@ -50,10 +52,13 @@ class Daemon:
     def __init__(self, config_path: str, wait: Callable[[float], bool] | None = None) -> None:
         self.config_path = config_path
         self.config: DaemonConfig = load_config(config_path)
-        self.stop_event = threading.Event()  # wakes the wait, for a stop or a reload
+        # Signal handlers only set flags and write a byte here: a handler that took a lock (as
+        # Event.set does) could deadlock when a second signal lands while the first holds it.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._reload = False
-        self._wait = wait or self.stop_event.wait
+        self._wait = wait or self._sleep
         self._retire: Backend | None = None  # an earlier configuration's backend, removed once the new one loaded
         self._verified = time.monotonic()
         self._build(self.config)
@@ -99,7 +104,15 @@ class Daemon:
             self._reload = True
         else:
             self._stopping = True  # never undone by a reload
-        self.stop_event.set()
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the wait
+            os.write(self._wake_w, b"x")
+
+    def _sleep(self, seconds: float) -> bool:
+        """Waits ``seconds`` or until a signal arrives; whether one did."""
+        woken = bool(select.select([self._wake_r], [], [], seconds)[0])
+        if woken:
+            os.read(self._wake_r, 4096)
+        return woken
 
     def once(self) -> bool:
         """One refresh and sync; whether both went well. Never raises."""
@@ -163,7 +176,6 @@ class Daemon:
                 if self._stopping:
                     break
                 stop = self._wait(self.schedule.next_delay(ok))
-                self.stop_event.clear()
                 if self._stopping or (stop and not self._reload):
                     break
                 if self._reload:
@@ -173,6 +185,8 @@ class Daemon:
             for s, h in handlers.items():
                 signal.signal(s, h)
             self._close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
         log.info("capi-fast daemon stopped")
         return 0
 
