@@ -461,14 +461,15 @@ impl Index {
         out
     }
 
-    /// Each prefix of a family holding an active decision with its best rank: `(start, len, rank)`.
-    pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16)> {
-        fn collect<K: Bits>(t: &Table<K>, now: u64, tag_keys: &[Key]) -> Vec<(u128, u8, u16)> {
+    /// Each prefix of a family holding an active decision: `(start, len, best rank, until)`,
+    /// `until` being the latest expiry among the active decisions of that rank there.
+    pub fn active_prefixes(&self, family: u8, now: u64) -> Vec<(u128, u8, u16, u64)> {
+        fn collect<K: Bits>(t: &Table<K>, now: u64, tag_keys: &[Key]) -> Vec<(u128, u8, u16, u64)> {
             let mut out = Vec::new();
             t.for_each(|k, l, s| {
-                let key = s.best(t.sets(), now, tag_keys);
+                let (key, until) = s.best_until(t.sets(), now, tag_keys);
                 if key != NO_KEY {
-                    out.push((k.to_u128(), l, (key >> 16) as u16));
+                    out.push((k.to_u128(), l, (key >> 16) as u16, until));
                 }
             });
             out

@@ -50,6 +50,18 @@ fn covers(net: Net, a: Addr) -> bool {
     }
 }
 
+/// True when IPv4 `net` and the block `start/len` share an address (one holds the other).
+fn meets(net: Net, start: u32, len: u8) -> bool {
+    use crate::bits::Bits;
+    match net {
+        Net::V4(k, l) => {
+            let m = u32::mask(l.min(len));
+            k & m == start & m
+        }
+        Net::V6(..) => false,
+    }
+}
+
 fn model_lookup(m: &[ModelDec], rems: &[&'static str], a: Addr, now: u64) -> Option<&'static str> {
     m.iter().filter(|d| d.exp > now && covers(d.net, a)).map(|d| d.rem).min().map(|r| rems[r])
 }
@@ -269,13 +281,20 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
         // Export agrees with lookups on every address of the small pool.
         let ban_id = ix.remediations().iter().position(|n| n == "ban").expect("ban interned") as u8;
         let ban = ix.rank_of(ban_id);
-        let mut blocks = Vec::new();
-        for (a, b) in crate::aggregate::runs(ix.active_prefixes(4, now), 32, ban) {
-            crate::aggregate::run_to_cidrs(a, b, 32, &mut blocks);
+        let pieces = crate::aggregate::pieces(ix.active_prefixes(4, now), 32, ban);
+        let blocks = crate::aggregate::blocks(&pieces, 32);
+        // Each block holds `ban` until the last active ban decision meeting it expires.
+        for &(s, l, until) in &blocks {
+            let last = model
+                .iter()
+                .filter(|d| d.exp > now && sc.rems[d.rem] == "ban" && meets(d.net, s as u32, l))
+                .map(|d| d.exp)
+                .max();
+            assert_eq!(Some(until), last, "until seed {seed} block {s:#x}/{l}");
         }
         for x in 0..(4u32 << 16) {
             let a = 0x0a00_0000 | x;
-            let exported = blocks.iter().any(|&(s, l)| covers(Net::V4(s as u32, l), Addr::V4(a)));
+            let exported = blocks.iter().any(|&(s, l, _)| covers(Net::V4(s as u32, l), Addr::V4(a)));
             assert_eq!(
                 exported,
                 model_lookup(&model, sc.rems, Addr::V4(a), now) == Some("ban"),

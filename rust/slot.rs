@@ -101,6 +101,28 @@ impl Slot {
         best
     }
 
+    /// The best key active at `now` (as [`Slot::best`]) and the latest expiry among the active
+    /// decisions of that key's rank: until then the rank's remediation applies here.
+    pub fn best_until(self, sets: &Sets, now: u64, tag_keys: &[Key]) -> (Key, u64) {
+        if self.tag != MANY {
+            return if self.exp() > now { (tag_keys[self.tag as usize], self.exp()) } else { (NO_KEY, 0) };
+        }
+        let (mut best, mut until) = (NO_KEY, 0);
+        for d in &sets.sets[self.lo as usize] {
+            if d.exp <= now {
+                continue;
+            }
+            let key = tag_keys[d.tag as usize];
+            if key >> 16 < best >> 16 {
+                until = d.exp;
+            } else if key >> 16 == best >> 16 {
+                until = until.max(d.exp);
+            }
+            best = best.min(key);
+        }
+        (best, until)
+    }
+
     /// Calls `f` on every decision held (active or not).
     pub fn for_each(self, sets: &Sets, mut f: impl FnMut(Dec)) {
         match self.tag {

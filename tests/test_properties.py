@@ -89,6 +89,8 @@ class Compare(RuleBasedStateMachine):
     def export(self, family, rem):
         a, b = self.both("export_cidrs", rem, family=family, now=self.now)
         assert a == b
+        a, b = self.both("export_until", rem, family=family, now=self.now)
+        assert a == b
 
     @rule()
     def active_counts(self):

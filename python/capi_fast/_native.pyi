@@ -181,6 +181,15 @@ class DecisionIndex:
         """Active decisions at ``now`` by (origin, remediation), as usage metrics report them."""
     def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
         """The fewest CIDRs covering exactly the addresses answering ``remediation`` now."""
+    def export_until(
+        self, remediation: str = "ban", family: int = 4, now: float | None = None
+    ) -> dict[str, float | None]:
+        """``export_cidrs`` with when each CIDR stops answering ``remediation``.
+
+        That is the latest expiry (Unix seconds) among the active decisions of ``remediation``
+        meeting the CIDR; None when one never expires. A packet filter can give each element
+        that timeout, so it leaves the kernel when its decisions expire.
+        """
 
 @final
 class Remediator:

@@ -410,6 +410,27 @@ class ReferenceIndex:
                 nets.extend(ipaddress.summarize_address_range(cls(a), cls(b - 1)))
         return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
+    def export_until(
+        self, remediation: str = "ban", family: int = 4, now: float | None = None
+    ) -> dict[str, float | None]:
+        """``export_cidrs`` with when each CIDR stops answering ``remediation``.
+
+        That is the latest expiry among the active decisions of ``remediation`` meeting the
+        CIDR (None: one never expires).
+        """
+        now_ms = _ms(_clock(now))
+        active = [
+            (net, n, exp) for (fam, net, n), _, rem, exp in self._active(now_ms) if fam == family and rem == remediation
+        ]
+        width = 32 if family == 4 else 128
+        out: dict[str, float | None] = {}
+        for cidr in self.export_cidrs(remediation, family, now):
+            block = ipaddress.ip_network(cidr)
+            start, n = int(block.network_address), block.prefixlen
+            last = max(exp for net, m, exp in active if start >> (width - min(n, m)) == net >> (width - min(n, m)))
+            out[cidr] = None if last >= NEVER else last / 1000.0
+        return out
+
     def save(self, path: str | os.PathLike[str], *, metadata: bytes | None = None, now: float | None = None) -> None:
         """Writes the active decisions as JSON, atomically."""
         now_ms = _ms(_clock(now))

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::index::{AddRule, Index};
 use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
 use crate::shared::Shared;
+use crate::slot::NEVER;
 use crate::snapshot;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -437,6 +438,44 @@ impl PyDecisionIndex {
         family: u8,
         now: Option<f64>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let blocks = self.export_blocks(py, remediation, family, now)?;
+        list_of(py, blocks.into_iter().map(|(cidr, _)| cidr).collect::<Vec<_>>())
+    }
+
+    /// `export_cidrs` with when each CIDR stops answering `remediation` (Unix seconds; None: never).
+    #[pyo3(signature = (remediation = "ban", family = 4, now = None))]
+    fn export_until<'py>(
+        &self,
+        py: Python<'py>,
+        remediation: &str,
+        family: u8,
+        now: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let blocks = self.export_blocks(py, remediation, family, now)?;
+        let out = PyDict::new(py);
+        let mut breathe = Breather::default();
+        for (cidr, until) in blocks {
+            breathe.tick(py)?;
+            if until >= NEVER {
+                out.set_item(cidr, py.None())?;
+            } else {
+                out.set_item(cidr, until as f64 / 1000.0)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl PyDecisionIndex {
+    /// The blocks answering `remediation` at `now`, as CIDR text with the millisecond expiry
+    /// of that answer (see [`aggregate`]).
+    fn export_blocks(
+        &self,
+        py: Python<'_>,
+        remediation: &str,
+        family: u8,
+        now: Option<f64>,
+    ) -> PyResult<Vec<(String, u64)>> {
         if family != 4 && family != 6 {
             return Err(PyValueError::new_err(format!("family must be 4 or 6, got {family}")));
         }
@@ -444,24 +483,20 @@ impl PyDecisionIndex {
         let ix = self.inner.snapshot();
         let want = match ix.remediations().iter().position(|r| r == remediation) {
             Some(id) => ix.rank_of(id as u8),
-            None => return Ok(PyList::empty(py)),
+            None => return Ok(Vec::new()),
         };
-        let cidrs: Vec<String> = py.detach(|| {
+        Ok(py.detach(|| {
             let bits = if family == 4 { 32 } else { 128 };
-            let mut blocks = Vec::new();
-            for (a, b) in aggregate::runs(ix.active_prefixes(family, now), bits, want) {
-                aggregate::run_to_cidrs(a, b, bits, &mut blocks);
-            }
-            blocks
+            let pieces = aggregate::pieces(ix.active_prefixes(family, now), bits, want);
+            aggregate::blocks(&pieces, bits)
                 .into_iter()
-                .map(|(s, l)| format_net(if family == 4 { Net::V4(s as u32, l) } else { Net::V6(s, l) }))
+                .map(|(s, l, until)| {
+                    (format_net(if family == 4 { Net::V4(s as u32, l) } else { Net::V6(s, l) }), until)
+                })
                 .collect()
-        });
-        list_of(py, cidrs)
+        }))
     }
-}
 
-impl PyDecisionIndex {
     fn lookup_packed<'py>(
         &self,
         py: Python<'py>,
