@@ -194,6 +194,8 @@ cleanup = false
         ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\nhooks = ['INPUT']\n", "hooks must be"),
         ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\nlog_prefix = '$ban'\n", "log_prefix"),
         ("[source]\ncapi = true\n[firewall]\nbackend = 'ipset'\nremediations = []\n", "at least one"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'ipset'\ntimeouts = true\n", "nftables option"),
+        ("[source]\ncapi = true\n[firewall]\nbackend = 'nftables'\ntimeouts = 1\n", "firewall.timeouts"),
     ],
 )
 def test_configuration_errors_name_the_key(tmp_path, text, message):

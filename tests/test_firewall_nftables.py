@@ -12,19 +12,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from capi_fast import DecisionIndex
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.firewall import FirewallSync
+from capi_fast.firewall import EXPIRY_SLACK, Content, FirewallSync
 from capi_fast.nftables import NftablesBackend
 from netns_support import Net, spaced, two_hosts
 from support import Clock
 
 if os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"):
     pytest.skip("needs root, nft and ip (.ci/run installs nftables)", allow_module_level=True)
+
+
+def cidrs(content: Content) -> dict[tuple[str, int], set[str]]:
+    return {key: set(elements) for key, elements in content.items()}
 
 
 @pytest.fixture
@@ -47,14 +52,14 @@ def test_full_load_then_deltas_keep_the_kernel_equal_to_the_export(net):
     assert first.full and first.added == first.elements and fw.check()
     kernel = backend.read()
     assert "203.0.112.0/23" in kernel[("ban", 4)] and "2001:db8::/32" in kernel[("ban", 6)]
-    assert kernel[("captcha", 6)] == frozenset(), "2001:db8::1 answers ban: in the ban range, not the captcha set"
+    assert kernel[("captcha", 6)] == {}, "2001:db8::1 answers ban: in the ban range, not the captcha set"
     # 1,000 adds and 1,000 deletes: one transaction of exactly those elements.
     ix.add_many(spaced(5000, 6000), now=clock.now)
     for ip in spaced(0, 1000):
         ix.remove(ip)
     step = fw.sync()
     assert not step.full and (step.added, step.deleted) == (1000, 1000)
-    assert fw.check() and backend.read() == fw.wanted()
+    assert fw.check() and cidrs(backend.read()) == cidrs(fw.wanted())
     assert not fw.sync().added and fw.check(), "nothing changed: nothing sent"
 
 
@@ -76,7 +81,7 @@ def test_banned_sources_are_rejected_and_let_in_again(net):
     assert not net.connects("10.77.0.2")
     ix.add("10.77.0.2", "allow", now=clock.now)
     fw.sync()
-    assert backend.read()[("ban", 4)] == {"10.77.0.0/31", "10.77.0.3/32", "10.77.0.4/30"}, "a hole, ranges kept"
+    assert set(backend.read()[("ban", 4)]) == {"10.77.0.0/31", "10.77.0.3/32", "10.77.0.4/30"}, "a hole, ranges kept"
     assert net.connects("10.77.0.2") and not net.connects("10.77.0.3")
     # Deleted and expired decisions open the door again.
     ix.remove("10.77.0.0/29")
@@ -166,3 +171,81 @@ def test_a_full_load_keeps_chains_of_your_own_and_drops_hooks_no_longer_wanted(n
     FirewallSync(ix, NftablesBackend(hooks=["input"], command=net.nft())).sync(full=True)
     listed = subprocess.run([*net.nft(), "list", "table", "inet", "capi_fast"], capture_output=True, text=True).stdout
     assert "chain mine" in listed and "chain input" in listed and "chain forward" not in listed
+
+
+def test_elements_time_out_in_the_kernel_when_their_decisions_expire(net):
+    # The kernel's timer, not the daemon, removes what expires: the clock here is the real one.
+    ix = DecisionIndex()
+    now = time.time()
+    ix.add("10.77.0.2/31", ttl=5, now=now)  # both client addresses, in the interval set
+    ix.add("fd77::3", ttl=5, now=now)  # the hash set
+    ix.add("10.77.0.9", ttl=3600, now=now)
+    ix.add("10.77.0.11", now=now)  # never expires: no timeout
+    backend = NftablesBackend(hooks=["input"], action="reject", command=net.nft())
+    skew = [0.0]  # the sync's clock runs ahead of the kernel's by this much, later on
+    fw = FirewallSync(ix, backend, clock=lambda: time.time() + skew[0])
+    fw.sync()
+    assert not net.connects("10.77.0.3") and not net.connects("fd77::3")
+    ends = backend.read()[("ban", 4)]
+    assert ends["10.77.0.11/32"] is None and abs(ends["10.77.0.9/32"] - (now + 3600)) <= 2
+    assert 4 <= ends["10.77.0.2/31"] - now <= 7
+    # Nothing syncs any more (the daemon is stopped): the kernel drops what expired, on time.
+    deadline = time.monotonic() + 15
+    while "10.77.0.2/31" in backend.read()[("ban", 4)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kernel = cidrs(backend.read())
+    assert kernel[("ban", 4)] == {"10.77.0.9/32", "10.77.0.11/32"} and kernel[("ban", 6)] == set()
+    assert net.connects("10.77.0.2") and net.connects("10.77.0.3") and net.connects("fd77::3")
+    assert fw.check(), "gone at their end: what check expects"
+    # The next sync, well past their ends, leaves out the deletes of what the kernel removed
+    # (deleting an absent element would fail the transaction): a delta that applies.
+    skew[0] = 1 + EXPIRY_SLACK
+    report = fw.sync()
+    assert not report.full and report.deleted == 2 and fw.check()
+    # A decision made longer: its element is replaced with the new timeout, in one transaction.
+    ix.add("10.77.0.9", ttl=7200, now=fw.clock())
+    report = fw.sync()
+    assert (report.added, report.deleted) == (1, 1)
+    assert abs(backend.read()[("ban", 4)]["10.77.0.9/32"] - (time.time() + 7200)) <= 2
+
+
+def test_switching_timeouts_on_redeclares_the_sets(net):
+    ix = DecisionIndex()
+    ix.add("10.77.0.3", ttl=600)
+    FirewallSync(ix, NftablesBackend(hooks=["input"], timeouts=False, command=net.nft())).sync()
+    plain = NftablesBackend(hooks=["input"], timeouts=False, command=net.nft()).read()
+    assert plain[("ban", 4)] == {"10.77.0.3/32": None}, "no timeout when off"
+    # nft cannot change a set's flags: the load deletes and declares the sets anew.
+    fw = FirewallSync(ix, NftablesBackend(hooks=["input"], command=net.nft()))
+    assert fw.sync().full and fw.check()
+    assert fw.backend.read()[("ban", 4)]["10.77.0.3/32"] is not None
+    assert not net.connects("10.77.0.3", timeout=1.0)
+    # A rule of the user's using a set keeps it from being deleted: the load says so, nothing changes.
+    subprocess.run([*net.nft(), "add", "chain", "inet", "capi_fast", "mine"], check=True)
+    subprocess.run(
+        [*net.nft(), "add", "rule", "inet", "capi_fast", "mine", "ip", "saddr", "@ban_v4", "counter"], check=True
+    )
+    with pytest.raises(FirewallError, match="nft failed"):
+        FirewallSync(ix, NftablesBackend(hooks=["input"], timeouts=False, command=net.nft())).sync()
+    assert fw.check() and not net.connects("10.77.0.3", timeout=1.0)
+
+
+def test_the_readme_shows_the_table_this_backend_makes(net):
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    shown = re.search(r"^```text\n(table inet capi_fast \{.*?)^```", readme.read_text(), flags=re.S | re.M)
+    assert shown, "README lost its nft listing"
+    now = 1_800_000_000.0
+    ix = DecisionIndex()
+    ix.add("203.0.113.7", ttl=4 * 3600, now=now)
+    ix.add("198.51.100.0/24", ttl=7 * 86400, now=now)
+    ix.add("2001:db8::/48", now=now)
+    FirewallSync(ix, NftablesBackend(command=net.nft()), clock=lambda: now).sync()
+    listed = subprocess.run([*net.nft(), "list", "table", "inet", "capi_fast"], capture_output=True, text=True).stdout
+
+    def same(text: str) -> list[str]:  # the countdown and blank lines aside
+        return [re.sub(r" expires [0-9dhms]+", "", line) for line in text.splitlines() if line.strip()]
+
+    assert same(listed) == same(shown.group(1))

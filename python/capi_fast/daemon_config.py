@@ -19,6 +19,8 @@ remediations = ["ban"]        # a set per remediation and family
 hooks = ["input"]             # a drop rule per hook ("input", "forward"); [] for sets only
 action = "drop"               # or "reject"
 log_prefix = "capi-fast: "    # optional
+timeouts = true               # nftables: elements time out when their decisions expire,
+                              # even with the daemon stopped (default true)
 cleanup = true                # remove the table/sets/rules on stop
 netns = "fw"                  # optional: run the firewall tools in this network namespace
 verify_every = 600            # seconds between read-backs of the kernel's sets (0: never);
@@ -63,6 +65,7 @@ class FirewallConfig:
     hooks: tuple[str, ...] = ("input",)
     action: str = "drop"
     log_prefix: str | None = None
+    timeouts: bool | None = None  # None: the backend's default (nftables: on; ipset has none)
     cleanup: bool = True
     netns: str | None = None
     verify_every: float = 600.0
@@ -188,6 +191,7 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         hooks=fw.names("hooks", ("input",)),
         action=fw.get("action", str, '"drop" or "reject"', "drop"),
         log_prefix=fw.get("log_prefix", str, "a string"),
+        timeouts=fw.get("timeouts", bool, "true or false"),
         cleanup=fw.get("cleanup", bool, "true or false", True),
         netns=fw.get("netns", str, "a network namespace name"),
         verify_every=fw.seconds("verify_every", 600.0, zero=True) or 0.0,
@@ -234,8 +238,16 @@ def backend_of(fw: FirewallConfig) -> Backend | None:
         raise ConfigurationError("remediations must name at least one remediation")
     options = {"hooks": fw.hooks, "action": fw.action, "log_prefix": fw.log_prefix}
     if fw.backend == "nftables":
-        return NftablesBackend(fw.name, fw.remediations, command=(*prefix, "nft"), **options)  # type: ignore[arg-type]
+        return NftablesBackend(
+            fw.name,
+            fw.remediations,
+            timeouts=fw.timeouts is not False,
+            command=(*prefix, "nft"),
+            **options,  # type: ignore[arg-type]
+        )
     if fw.backend == "ipset":
+        if fw.timeouts:
+            raise ConfigurationError("timeouts are an nftables option (ipset's sets are synced without them)")
         return IpsetBackend(
             fw.name,
             fw.remediations,

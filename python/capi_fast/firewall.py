@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,9 +21,22 @@ from capi_fast._native import DecisionIndex
 from capi_fast.errors import ConfigurationError, FirewallError
 from capi_fast.export import check_set_name
 
-__all__ = ["ACTIONS", "HOOKS", "Backend", "Content", "Delta", "FirewallSync", "SyncReport", "check_options", "run_tool"]
+__all__ = [
+    "ACTIONS",
+    "HOOKS",
+    "Backend",
+    "Content",
+    "Delta",
+    "FirewallSync",
+    "SyncReport",
+    "check_options",
+    "run_tool",
+    "settle",
+]
 
 FAMILIES = (4, 6)
+#: Seconds around an element's end during which ``check`` accepts it present or gone.
+EXPIRY_SLACK = 2.0
 #: Where a backend's rules can hook, and what they do to a banned source.
 HOOKS = ("input", "forward")
 ACTIONS = ("drop", "reject")
@@ -63,15 +76,19 @@ def check_options(names: Sequence[str], hooks: Sequence[str], action: str) -> No
         raise ConfigurationError(f"action must be one of {ACTIONS}, got {action!r}")
 
 
-#: (remediation, family) -> the CIDRs of that set.
-Content = dict[tuple[str, int], frozenset[str]]
+#: (remediation, family) -> that set's CIDRs, each with when its decisions end (Unix seconds;
+#: None: never, or a backend that does not time elements out).
+Content = dict[tuple[str, int], dict[str, float | None]]
 
 
 @dataclass(frozen=True)
 class Delta:
-    """What one sync changes: per (remediation, family), CIDRs to add and to delete."""
+    """What one sync changes: per (remediation, family), CIDRs to add (with their ends) and to delete.
 
-    add: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    A CIDR whose end changed is in both: deleted, then added again with the new end.
+    """
+
+    add: dict[tuple[str, int], dict[str, float | None]] = field(default_factory=dict)
     delete: dict[tuple[str, int], list[str]] = field(default_factory=dict)
 
     @property
@@ -86,32 +103,66 @@ class Delta:
 
 
 def delta(old: Content, new: Content) -> Delta:
-    """The elements to add and delete to turn ``old`` into ``new`` (sorted, for stable scripts)."""
-    add, delete = {}, {}
+    """The elements to delete and add to turn ``old`` into ``new`` (sorted, for stable scripts)."""
+    add: dict[tuple[str, int], dict[str, float | None]] = {}
+    delete: dict[tuple[str, int], list[str]] = {}
     for key in new.keys() | old.keys():
-        before, after = old.get(key, frozenset()), new.get(key, frozenset())
-        if after - before:
-            add[key] = sorted(after - before)
-        if before - after:
-            delete[key] = sorted(before - after)
+        before, after = old.get(key, {}), new.get(key, {})
+        gone = sorted(c for c, end in before.items() if c not in after or after[c] != end)
+        came = sorted(c for c, end in after.items() if c not in before or before[c] != end)
+        if came:
+            add[key] = {c: after[c] for c in came}
+        if gone:
+            delete[key] = gone
     return Delta(add, delete)
+
+
+def settle(change: Delta, old: Content, now: float) -> Delta | None:
+    """``change`` as sent to a backend whose elements time out at their ends (None: load whole).
+
+    The kernel removes an element on its own once its end is past (within a second: timeouts
+    are whole seconds), so deleting it again would fail the transaction. A delete of an element
+    surely gone (end more than a second plus ``EXPIRY_SLACK`` past) is dropped; one whose end
+    is within ``EXPIRY_SLACK`` of now may be there or not, so the sync becomes a full load
+    (which flushes instead: rare, a window of a few seconds per end).
+    """
+    delete: dict[tuple[str, int], list[str]] = {}
+    for key, cidrs in change.delete.items():
+        ends = old.get(key, {})
+        kept = []
+        for cidr in cidrs:
+            end = ends.get(cidr)
+            if end is None or now < end - EXPIRY_SLACK:
+                kept.append(cidr)
+            elif now <= end + 1 + EXPIRY_SLACK:
+                return None
+        if kept:
+            delete[key] = kept
+    return Delta(change.add, delete)
 
 
 class Backend(Protocol):
     """A packet filter holding one set per (remediation, family)."""
 
-    def load(self, content: Content) -> None:
-        """Creates what is missing and replaces every set's content, in one transaction."""
+    #: Whether the backend gives elements a timeout from their end (``Content``'s values), so
+    #: they leave the kernel when their decisions expire even if nothing syncs any more.
+    timeouts: bool
 
-    def apply(self, change: Delta, content: Content) -> None:
+    def load(self, content: Content, now: float | None = None) -> None:
+        """Creates what is missing and replaces every set's content, in one transaction.
+
+        ``now`` is the time ``content``'s ends are counted from (default: the time).
+        """
+
+    def apply(self, change: Delta, content: Content, now: float | None = None) -> None:
         """Adds and deletes elements, in one transaction.
 
         ``content`` is what the sets then hold, for a backend that must rebuild a set instead
         (to grow it).
         """
 
-    def read(self) -> Content:
-        """What the kernel holds now."""
+    def read(self, now: float | None = None) -> Content:
+        """What the kernel holds now (with each element's end where it has one)."""
 
     def remove(self) -> None:
         """Removes everything the backend created."""
@@ -155,12 +206,12 @@ class FirewallSync:
         self.applied: Content | None = None  # None: the next sync is a full load
 
     def wanted(self) -> Content:
-        """What the sets should hold now."""
+        """What the sets should hold now (with each CIDR's end when the backend times elements out)."""
         ix, now = self._index(), self.clock()
+        if self.backend.timeouts:
+            return {(r, f): ix.export_until(r, family=f, now=now) for r in self.remediations for f in FAMILIES}
         return {
-            (rem, fam): frozenset(ix.export_cidrs(rem, family=fam, now=now))
-            for rem in self.remediations
-            for fam in FAMILIES
+            (r, f): dict.fromkeys(ix.export_cidrs(r, family=f, now=now)) for r in self.remediations for f in FAMILIES
         }
 
     def sync(self, full: bool = False) -> SyncReport:
@@ -168,18 +219,21 @@ class FirewallSync:
 
         A failure raises the backend's error and makes the next sync a full load.
         """
-        started = time.perf_counter()
+        started, now = time.perf_counter(), self.clock()
         want = self.wanted()
         old, self.applied = self.applied, None
         if full or old is None:
-            self.backend.load(want)
+            self.backend.load(want, now)
             change = delta({}, want)
             is_full = True
         else:
             change = delta(old, want)
-            if change.add or change.delete:
-                self.backend.apply(change, want)
-            is_full = False
+            sent = settle(change, old, now) if self.backend.timeouts else change
+            if sent is None:
+                self.backend.load(want, now)
+            elif sent.add or sent.delete:
+                self.backend.apply(sent, want, now)
+            is_full = sent is None
         self.applied = want
         return SyncReport(
             full=is_full,
@@ -190,10 +244,20 @@ class FirewallSync:
         )
 
     def check(self) -> bool:
-        """Whether the kernel holds exactly what was last applied (False before any sync)."""
-        return self.applied is not None and _same(self.backend.read(), self.applied)
+        """Whether the kernel holds exactly what was last applied (False before any sync).
 
-
-def _same(a: Content, b: Content) -> bool:
-    keys: Iterable[tuple[str, int]] = a.keys() | b.keys()
-    return all(a.get(k, frozenset()) == b.get(k, frozenset()) for k in keys)
+        An element whose end is past (or within ``EXPIRY_SLACK`` seconds) may be there or not:
+        the kernel times it out on its own.
+        """
+        if self.applied is None:
+            return False
+        now = self.clock()
+        kernel, soon = self.backend.read(now), now + EXPIRY_SLACK
+        for key in kernel.keys() | self.applied.keys():
+            held, applied = kernel.get(key, {}), self.applied.get(key, {})
+            # An element left to time out (see ``settle``) may still be there.
+            if any(c not in applied and (end is None or end > soon) for c, end in held.items()):
+                return False
+            if any(c not in held and (end is None or end > soon) for c, end in applied.items()):
+                return False
+        return True

@@ -131,7 +131,10 @@ class IpsetBackend:
         self.maxelem[(rem, fam)] = maxelem
         return lines
 
-    def load(self, content: Content) -> None:
+    #: ipset's sets are made without timeouts: a sync deletes expired elements.
+    timeouts = False
+
+    def load(self, content: Content, now: float | None = None) -> None:
         """Replaces every set's content by a swap, then makes sure the rules are there."""
         for rem in self.remediations:
             for fam in FAMILIES:
@@ -146,7 +149,7 @@ class IpsetBackend:
             # Rules of ours made with other settings (another action, prefix or hook) go.
             self._delete_rules(fam, keep=[" ".join(r) for r in wanted])
 
-    def apply(self, change: Delta, content: Content) -> None:
+    def apply(self, change: Delta, content: Content, now: float | None = None) -> None:
         """Deletes and adds elements (a set that would outgrow ``maxelem`` is rebuilt instead)."""
         lines: list[str] = []
         for key in sorted(change.add.keys() | change.delete.keys()):
@@ -162,7 +165,7 @@ class IpsetBackend:
             lines += [f"add {live} {e} -exist" for e in _entries(change.add.get(key, ()))]
         self._restore(lines)
 
-    def read(self) -> Content:
+    def read(self, now: float | None = None) -> Content:
         """The sets' members as the kernel holds them (a /0 read back whole)."""
         out: Content = {}
         for rem in self.remediations:
@@ -174,7 +177,7 @@ class IpsetBackend:
                     parts = line.split()
                     if len(parts) >= 3 and parts[0] == "add" and parts[1] == name:
                         nets.append(ipaddress.ip_network(parts[2]))
-                out[(rem, fam)] = frozenset(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
+                out[(rem, fam)] = dict.fromkeys(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
         return out
 
     def _delete_rules(self, fam: int, keep: Sequence[str] = ()) -> list[str]:

@@ -10,6 +10,13 @@ hold the ranges (a few thousand in the community blocklist). With ``hooks``, a b
 hook drops (or rejects) packets from the ``ban`` sets, with an optional log prefix. Other
 remediations' sets (say ``captcha``) are for rules of your own.
 
+With ``timeouts`` (the default), every element carries a timeout: the time left until the last
+of its decisions expires (``DecisionIndex.export_until``). The kernel then removes it on its own
+at that moment, even when the daemon is stopped or cannot reach its source; an element whose
+decisions never expire, or last more than a year, has none. ``FirewallSync`` leaves expired
+elements to the kernel rather than deleting them (see ``firewall.settle``). A changed end is a
+delete and an add in the same transaction.
+
 Every change is one ``nft -f`` transaction, which the kernel applies whole or not at all:
 
 - ``load`` (start, or after a failure) creates what is missing, flushes and refills the sets,
@@ -25,7 +32,9 @@ network namespace, as the tests do).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -36,6 +45,8 @@ from capi_fast.firewall import FAMILIES, HOOKS, Content, Delta, check_options, r
 __all__ = ["NftablesBackend"]
 
 _CHUNK = 4096
+#: The longest timeout given to an element (a year); longer-lived ones get none.
+MAX_TIMEOUT = 365 * 86400
 
 
 def _canonical(element: Any) -> str | None:
@@ -62,6 +73,8 @@ class NftablesBackend:
         action: ``drop`` or ``reject``.
         priority: the chains' priority (default -10: before the ``filter`` table's 0).
         log_prefix: log matched packets with this prefix (None: no logging).
+        timeouts: give each element a timeout from its decisions' expiry (sets get ``flags
+            timeout``); False: elements stay until a sync deletes them.
         command: how to run ``nft``.
     """
 
@@ -74,6 +87,7 @@ class NftablesBackend:
         action: str = "drop",
         priority: int = -10,
         log_prefix: str | None = None,
+        timeouts: bool = True,
         command: Sequence[str] = ("nft",),
     ) -> None:
         check_options((table, *remediations), hooks, action)
@@ -89,40 +103,40 @@ class NftablesBackend:
         self.action = action
         self.priority = priority
         self.log_prefix = log_prefix
+        self.timeouts = bool(timeouts)
         self.command = tuple(command)
 
     def _set(self, remediation: str, family: int, nets: bool = False) -> str:
         return f"{remediation}_v{family}" + ("_nets" if nets else "")
 
-    @staticmethod
-    def _split(family: int, cidrs: Iterable[str]) -> tuple[list[str], list[str]]:
-        """Single addresses (without their /32 or /128) and ranges."""
-        full = "/32" if family == 4 else "/128"
-        hosts, nets = [], []
-        for c in cidrs:
-            if c.endswith(full):
-                hosts.append(c[: -len(full)])
-            else:
-                nets.append(c)
-        return hosts, nets
+    def _timeout(self, end: float | None, now: float) -> str:
+        """`` timeout Ns`` for an element ending at ``end`` (empty: none)."""
+        if not self.timeouts or end is None or end - now > MAX_TIMEOUT:
+            return ""
+        return f" timeout {max(1, math.ceil(end - now))}s"
 
     # -- scripts (pure) --------------------------------------------------------------------------
 
-    def load_script(self, content: Content) -> str:
+    def _declare(self, table: str, rem: str, family: int, nets: bool) -> str:
+        """The ``add set`` line of one set (its type and flags)."""
+        flags = ",".join((["interval"] if nets else []) + (["timeout"] if self.timeouts else []))
+        spec = f"type ipv{family}_addr;" + (f" flags {flags};" if flags else "")
+        return f"add set {table} {self._set(rem, family, nets)} {{ {spec} }}"
+
+    def load_script(self, content: Content, now: float | None = None) -> str:
         """The transaction that creates what is missing and refills every set.
 
         The table is not deleted (a chain of your own in it, using the sets, stays); this
         backend's chains (``input``, ``forward``) are flushed and refilled, or deleted when
-        their hook is no longer wanted.
+        their hook is no longer wanted. ``now`` (default: the time) is what timeouts count from.
         """
+        now = time.time() if now is None else now
         t = f"inet {self.table}"
         lines = [f"add table {t}"]
         for rem in self.remediations:
             for fam in FAMILIES:
                 for nets in (False, True):
-                    name = self._set(rem, fam, nets)
-                    flags = " flags interval;" if nets else ""
-                    lines += [f"add set {t} {name} {{ type ipv{fam}_addr;{flags} }}", f"flush set {t} {name}"]
+                    lines += [self._declare(t, rem, fam, nets), f"flush set {t} {self._set(rem, fam, nets)}"]
         log = f'log prefix "{self.log_prefix}" ' if self.log_prefix is not None else ""
         for hook in HOOKS:
             base = f"type filter hook {hook} priority {self.priority}; policy accept;"
@@ -135,23 +149,51 @@ class NftablesBackend:
                     match = f"{ip} saddr @{self._set('ban', fam, nets)}"
                     lines.append(f"add rule {t} {hook} {match} {log}{self.action}")
         for (rem, fam), cidrs in sorted(content.items()):
-            lines.extend(self._elements("add", rem, fam, sorted(cidrs)))
+            lines.extend(self._elements("add", rem, fam, dict(sorted(cidrs.items())), now))
         return "\n".join(lines) + "\n"
 
-    def delta_script(self, change: Delta) -> str:
+    def redeclare_script(self, existing: Iterable[str]) -> str:
+        """The transaction that deletes this backend's chains and its ``existing`` sets.
+
+        ``load`` puts it before its own script, in the same transaction, when a set exists with
+        other flags (``timeouts`` changed): nft cannot change a set's flags in place.
+        """
+        t = f"inet {self.table}"
+        lines = [f"add table {t}"]
+        for hook in HOOKS:
+            lines += [f"add chain {t} {hook}", f"delete chain {t} {hook}"]
+        ours = {self._set(r, f, n) for r in self.remediations for f in FAMILIES for n in (False, True)}
+        lines += [f"delete set {t} {name}" for name in sorted(ours.intersection(existing))]
+        return "\n".join(lines) + "\n"
+
+    def delta_script(self, change: Delta, now: float | None = None) -> str:
         """The transaction that deletes, then adds, elements."""
+        now = time.time() if now is None else now
         lines: list[str] = []
         for (rem, fam), cidrs in sorted(change.delete.items()):
-            lines.extend(self._elements("delete", rem, fam, cidrs))
-        for (rem, fam), cidrs in sorted(change.add.items()):
-            lines.extend(self._elements("add", rem, fam, cidrs))
+            lines.extend(self._elements("delete", rem, fam, dict.fromkeys(cidrs), now))
+        for (rem, fam), added in sorted(change.add.items()):
+            lines.extend(self._elements("add", rem, fam, added, now))
         return "\n".join(lines) + "\n"
 
-    def _elements(self, verb: str, rem: str, fam: int, cidrs: Sequence[str]) -> Iterable[str]:
+    def _elements(self, verb: str, rem: str, fam: int, ends: Mapping[str, float | None], now: float) -> Iterable[str]:
+        """``verb element`` lines, hosts (without /32 or /128) to the hash set, ranges to the other.
+
+        Added elements carry their timeouts.
+        """
         if rem not in self.remediations:
             raise ConfigurationError(f"this backend has no set for {rem!r}")
-        for nets, items in zip((False, True), self._split(fam, cidrs), strict=True):
-            name = self._set(rem, fam, nets)
+        full = "/32" if fam == 4 else "/128"
+        hosts: list[str] = []
+        nets: list[str] = []
+        for cidr, end in ends.items():
+            host = cidr.endswith(full)
+            text = cidr[: -len(full)] if host else cidr
+            if verb == "add":
+                text += self._timeout(end, now)
+            (hosts if host else nets).append(text)
+        for is_nets, items in ((False, hosts), (True, nets)):
+            name = self._set(rem, fam, is_nets)
             for i in range(0, len(items), _CHUNK):
                 yield f"{verb} element inet {self.table} {name} {{ {', '.join(items[i : i + _CHUNK])} }}"
 
@@ -160,20 +202,33 @@ class NftablesBackend:
     def _run(self, args: Sequence[str], script: str | None = None) -> str:
         return run_tool(self.command, args, script)[1]
 
-    def load(self, content: Content) -> None:
-        """Recreates the table and fills its sets, in one transaction."""
-        self._run(["-f", "-"], self.load_script(content))
+    def load(self, content: Content, now: float | None = None) -> None:
+        """Creates what is missing, refills the sets and rewrites the chains, in one transaction.
 
-    def apply(self, change: Delta, content: Content | None = None) -> None:
+        A set declared with other flags (``timeouts`` changed since) is deleted and declared
+        anew in that transaction; that fails, with nft's message, while a rule of yours uses it.
+        """
+        script = self.load_script(content, now)
+        try:
+            self._run(["-f", "-"], script)
+        except FirewallError as e:
+            if "File exists" not in str(e):
+                raise
+            listing = orjson.loads(self._run(["-j", "list", "table", "inet", self.table]))
+            existing = [i["set"].get("name") for i in listing.get("nftables", []) if "set" in i]
+            self._run(["-f", "-"], self.redeclare_script(existing) + script)
+
+    def apply(self, change: Delta, content: Content | None = None, now: float | None = None) -> None:
         """Deletes and adds elements, in one transaction."""
-        self._run(["-f", "-"], self.delta_script(change))
+        self._run(["-f", "-"], self.delta_script(change, now))
 
-    def read(self) -> Content:
-        """The sets' elements as the kernel holds them."""
+    def read(self, now: float | None = None) -> Content:
+        """The sets' elements as the kernel holds them, with when the kernel will drop each."""
+        now = time.time() if now is None else now
         out: Content = {}
         for rem in self.remediations:
             for fam in FAMILIES:
-                elements: set[str] = set()
+                elements: dict[str, float | None] = {}
                 for nets in (False, True):
                     name = self._set(rem, fam, nets)
                     doc = orjson.loads(self._run(["-j", "list", "set", "inet", self.table, name]))
@@ -182,8 +237,9 @@ class NftablesBackend:
                             cidr = _canonical(element)
                             if cidr is None:
                                 raise FirewallError(f"unexpected element in set {name}: {element!r}")
-                            elements.add(cidr)
-                out[(rem, fam)] = frozenset(elements)
+                            expires = element.get("elem", {}).get("expires") if isinstance(element, dict) else None
+                            elements[cidr] = now + expires if isinstance(expires, int | float) else None
+                out[(rem, fam)] = elements
         return out
 
     def remove(self) -> None:
