@@ -8,9 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +18,10 @@ from capi_fast.daemon_config import load_config
 from capi_fast.errors import ConfigurationError
 from capi_fast.testing import CapiSimulator
 from crowdsec_support import CROWDSEC, local_api, run_cscli
+from daemon_support import CAPI_FAST, Running, until, write
 from netns_support import Net, two_hosts
 
-CAPI_FAST = [sys.executable, "-m", "capi_fast.cli"]
 NETNS = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip"))
-
-
-def until(what: str, check: Callable[[], bool], limit: float = 30.0) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < limit, f"timed out waiting for {what}"
-        time.sleep(0.1)  # polling a separate process's effect on the kernel
-    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -40,11 +30,6 @@ def net() -> Iterator[Net]:
         pytest.skip("needs root, nft and ip")
     with two_hosts("dmn") as n:
         yield n
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def lapi_config(tmp_path: Path, net: Net, url: str, key: str, extra: str = "", name: str = "c.toml") -> Path:
@@ -63,26 +48,6 @@ netns = "{net.srv}"
 {extra}
 """,
     )
-
-
-class Running:
-    """The daemon as a child process; its log is read at the end."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.log = config.with_suffix(".log")
-        self.out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*CAPI_FAST, "run", "--config", str(config)], stdout=self.out, stderr=subprocess.STDOUT, env=env
-        )
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(60)
-        self.out.close()
-        return code
 
 
 def tables(net: Net) -> str:

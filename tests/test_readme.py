@@ -179,3 +179,4 @@ def test_daemon_configuration_example_is_valid(tmp_path):
     loaded = load_config(config)
     assert loaded.lapi_url == "http://127.0.0.1:8080/" and loaded.api_key == "a-bouncer-key"
     assert loaded.firewall.backend == "nftables" and loaded.firewall.hooks == ("input",)
+    assert str(loaded.signals.inbox) == "/var/lib/capi-fast/inbox"

@@ -28,6 +28,7 @@ from capi_fast.errors import (
 from capi_fast.lapi import AsyncLapiClient, LapiClient
 from capi_fast.lists import Allowlist, AllowlistLink, Blocklist, BlocklistLink
 from capi_fast.refresher import Health
+from capi_fast.signal_inbox import SignalInbox
 from capi_fast.signals import Signal
 from capi_fast.storage import Credentials, FileStorage, MemoryStorage, Storage, Token
 
@@ -62,6 +63,7 @@ __all__ = [
     "RemediationEngine",
     "ServerError",
     "Signal",
+    "SignalInbox",
     "SnapshotError",
     "Storage",
     "StorageError",

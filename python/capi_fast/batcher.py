@@ -93,10 +93,10 @@ class _Base:
         if not isinstance(signal, Signal):
             raise InvalidSignal(f"expected a Signal, got {type(signal).__name__}")
         self.spool.add(signal.uuid, signal.is_whisper, signal.to_payload(""))
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
-        pass
+    def wake(self) -> None:
+        """Tells the sender the spool grew (signals added to it directly, as an inbox does)."""
 
     def _due(self) -> bool:
         return bool(len(self.spool)) and self.schedule.wait(len(self.spool)) <= 0
@@ -210,7 +210,8 @@ class SignalBatcher(_Base):
             self._thread = threading.Thread(target=self._run, name="capi-signal-sender", daemon=True)
             self._thread.start()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wakes the sender when a full call is waiting (else its schedule already covers it)."""
         if len(self.spool) >= MAX_SIGNALS_PER_CALL:
             with self._cond:
                 self._cond.notify()
@@ -309,7 +310,8 @@ class AsyncSignalBatcher(_Base):
         self._lock: asyncio.Lock | None = None
         self._closing = False
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wakes the sender task when a full call is waiting (else its schedule already covers it)."""
         if self._event is not None and len(self.spool) >= MAX_SIGNALS_PER_CALL:
             self._event.set()
 

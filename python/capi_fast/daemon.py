@@ -7,11 +7,17 @@ SIGINT stops it cleanly (a refresh in progress finishes; the table, sets and rul
 are removed when ``firewall.cleanup`` is true); SIGHUP reads the configuration again and
 rebuilds from it (a configuration that no longer reads is logged and the old one kept).
 A failed firewall transaction is logged and the next sync loads everything again.
+
+With ``[signals]``, the daemon also sends to CAPI the signals other processes drop into its
+inbox (``capi_fast.signal_inbox``): it looks every ``check_every`` seconds, moves them into its
+spool and a ``SignalBatcher`` sends them on the vendor's schedule; a stop sends what is queued
+(what cannot go stays in the spool for the next start). ``[signals]`` is read at start only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -20,6 +26,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from capi_fast.batcher import SignalBatcher
 from capi_fast.client import CapiClient
 from capi_fast.daemon_config import DaemonConfig, backend_of, load_config
 from capi_fast.engine import RemediationEngine
@@ -28,6 +35,7 @@ from capi_fast.firewall import Backend, FirewallSync
 from capi_fast.lapi import LapiClient
 from capi_fast.refresher import RefreshSchedule
 from capi_fast.registration import load_registration
+from capi_fast.signal_inbox import SignalInbox
 from capi_fast.storage import FileStorage
 
 __all__ = ["Daemon"]
@@ -61,7 +69,14 @@ class Daemon:
         self._wait = wait or self._sleep
         self._retire: Backend | None = None  # an earlier configuration's backend, removed once the new one loaded
         self._verified = time.monotonic()
+        self.inbox: SignalInbox | None = None
+        self.batcher: SignalBatcher | None = None
         self._build(self.config)
+        try:
+            self._build_signals(self.config)
+        except Exception:
+            self.source.close()
+            raise
 
     def _build(self, c: DaemonConfig, keep_source: bool = False) -> None:
         """Builds the source, engine and firewall of ``c``; nothing is assigned if one fails."""
@@ -82,10 +97,45 @@ class Daemon:
         )
         self.schedule = RefreshSchedule(engine._interval(c.interval), 0.1)
 
+    def _build_signals(self, c: DaemonConfig) -> None:
+        """The inbox and the batcher sending its signals (a CAPI client of their own)."""
+        if c.signals.inbox is None:
+            return
+        inbox = SignalInbox(c.signals.inbox)
+        client = self._capi(c)
+        try:
+            options = {} if c.signals.spool is None else {"path": c.signals.spool}
+            batcher = client.signal_batcher(**options)
+        except Exception:
+            client.close()
+            raise
+        self.inbox, self.batcher = inbox, batcher
+
+    def drain(self) -> None:
+        """Moves what the inbox holds into the spool; never raises (a failure is logged)."""
+        if self.inbox is None or self.batcher is None:
+            return
+        try:
+            r = self.inbox.drain(self.batcher.spool)
+        except Exception as e:  # the files stay for the next look
+            log.error("signal inbox: %s: %s", type(e).__name__, e)
+            return
+        if r.files:
+            log.info(
+                "signals: %d taken in from %d files (%d already queued, %d skipped, %d quarantined); %d queued",
+                r.signals,
+                r.files,
+                r.duplicates,
+                r.skipped,
+                r.quarantined,
+                len(self.batcher.spool),
+            )
+        if r.signals:
+            self.batcher.wake()
+
     @staticmethod
-    def _source(c: DaemonConfig) -> LapiClient | CapiClient:
-        if c.lapi_url:
-            return LapiClient(c.lapi_url, c.api_key or "", user_agent="capi-fast-daemon")
+    def _capi(c: DaemonConfig) -> CapiClient:
+        """A client of the CAPI machine registered in ``c.home``."""
         storage = FileStorage(c.home)
         creds = storage.load_credentials()
         registered = load_registration(c.home)
@@ -98,6 +148,12 @@ class Daemon:
             machine_id_prefix=registered.prefix,
             base_url=c.capi_url or creds.base_url,
         )
+
+    @staticmethod
+    def _source(c: DaemonConfig) -> LapiClient | CapiClient:
+        if c.lapi_url:
+            return LapiClient(c.lapi_url, c.api_key or "", user_agent="capi-fast-daemon")
+        return Daemon._capi(c)
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -173,10 +229,7 @@ class Daemon:
             log.info("capi-fast daemon started (%s)", self.config_path)
             while not self._stopping:
                 ok = self.once()
-                if self._stopping:
-                    break
-                stop = self._wait(self.schedule.next_delay(ok))
-                if self._stopping or (stop and not self._reload):
+                if self._stopping or self._pause(self.schedule.next_delay(ok)):
                     break
                 if self._reload:
                     self._reload = False
@@ -189,6 +242,21 @@ class Daemon:
                 os.close(fd)
         log.info("capi-fast daemon stopped")
         return 0
+
+    def _pause(self, seconds: float) -> bool:
+        """Waits ``seconds`` (or until SIGHUP), looking at the signal inbox on the way; True: stop."""
+        end = time.monotonic() + seconds
+        while True:
+            self.drain()
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            tick = self.config.signals.check_every if self.inbox is not None else left
+            stop = self._wait(min(left, tick))
+            if self._stopping or (stop and not self._reload):
+                return True
+            if self._reload:
+                return False
 
     def _reread(self) -> None:
         """SIGHUP: the new configuration replaces the old one only if all of it builds.
@@ -204,6 +272,9 @@ class Daemon:
         except Exception as e:  # a bad file must not take the daemon (or the firewall) down
             log.error("configuration not reloaded, the old one stays: %s: %s", type(e).__name__, e)
             return
+        if config.signals != old_config.signals:
+            log.warning("[signals] changes take effect at the next start; the running sender stays")
+            config = dataclasses.replace(config, signals=old_config.signals)
         self.config = config
         if not same_source:
             old_source.close()
@@ -221,6 +292,10 @@ class Daemon:
                         backend.remove()
                     except CapiFastError as e:
                         log.error("could not remove the firewall's objects: %s", e)
+        if self.batcher is not None:
+            self.drain()
+            self.batcher.close(flush=True, timeout=10.0)  # what cannot go now stays in the spool
+            self.batcher.client.close()
         self.source.close()
 
 

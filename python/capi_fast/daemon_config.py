@@ -26,6 +26,12 @@ netns = "fw"                  # optional: run the firewall tools in this network
 verify_every = 600            # seconds between read-backs of the kernel's sets (0: never);
                               # a difference (someone flushed them) makes the next sync a full load
 
+[signals]                     # optional: send to CAPI the signals other processes drop into
+inbox = "/var/lib/capi-fast/inbox"          # this directory (capi_fast.SignalInbox), with the
+                              # CAPI machine registered in [source] home (whatever the source)
+spool = "/var/lib/capi-fast/signals.spool"  # default: signals.spool in that home
+check_every = 2               # seconds between looks at the inbox
+
 [metrics]
 interval = 1800               # usage metrics to a LAPI; 0 turns them off
 
@@ -50,7 +56,7 @@ from capi_fast.firewall import Backend
 from capi_fast.ipset import IpsetBackend
 from capi_fast.nftables import NftablesBackend
 
-__all__ = ["DaemonConfig", "FirewallConfig", "backend_of", "load_config"]
+__all__ = ["DaemonConfig", "FirewallConfig", "SignalsConfig", "backend_of", "load_config"]
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -77,6 +83,15 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True)
+class SignalsConfig:
+    """The ``[signals]`` table (``inbox`` None: the daemon sends no signals)."""
+
+    inbox: Path | None = None
+    spool: Path | None = None
+    check_every: float = 2.0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The whole file."""
 
@@ -89,6 +104,7 @@ class DaemonConfig:
     interval: float | None = None
     snapshot: Path | None = None
     firewall: FirewallConfig = FirewallConfig()
+    signals: SignalsConfig = SignalsConfig()
     metrics_interval: float = 1800.0
     log_level: str = "info"
 
@@ -156,7 +172,7 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         raise ConfigurationError(f"cannot read {where}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigurationError(f"{where}: not valid TOML: {e}") from None
-    unknown = sorted(set(doc) - {"source", "snapshot", "firewall", "metrics", "log"})
+    unknown = sorted(set(doc) - {"source", "snapshot", "firewall", "signals", "metrics", "log"})
     if unknown:
         raise ConfigurationError(f"{where}: unknown table [{unknown[0]}]")
 
@@ -206,6 +222,17 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
     except ConfigurationError as e:
         raise ConfigurationError(f"{where}: [firewall] {e}") from None
 
+    sig = _Table(doc, "signals", where)
+    inbox, spool = sig.get("inbox", str, "a directory path"), sig.get("spool", str, "a directory path")
+    signals = SignalsConfig(
+        inbox=None if inbox is None else Path(inbox),
+        spool=None if spool is None else Path(spool),
+        check_every=sig.seconds("check_every", 2.0) or 2.0,
+    )
+    sig.done()
+    if signals.spool is not None and signals.inbox is None:
+        raise ConfigurationError(f"{where}: signals.spool needs signals.inbox (where the signals come from)")
+
     met = _Table(doc, "metrics", where)
     metrics_interval = met.seconds("interval", 1800.0, zero=True)
     met.done()
@@ -226,6 +253,7 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         interval=interval,
         snapshot=None if snapshot is None else Path(snapshot),
         firewall=firewall,
+        signals=signals,
         metrics_interval=1800.0 if metrics_interval is None else metrics_interval,
         log_level=level,
     )

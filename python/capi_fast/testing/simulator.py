@@ -102,13 +102,19 @@ class CapiSimulator:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> CapiSimulator:
-        """Starts serving in a background thread."""
+        """Starts serving in a background thread.
+
+        A stopped simulator starts again on the same port with everything it held (machines,
+        decisions, signals): ``stop`` then ``start`` is an outage.
+        """
         sim = self
 
         class Handler(_Handler):
             simulator = sim
 
+        self._stopping.clear()
         self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         server = self._server
         # A short poll interval makes stop() quick (tests start and stop many simulators).

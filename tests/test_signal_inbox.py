@@ -1,0 +1,128 @@
+"""Signals handed from other processes to the daemon through an inbox directory, and the daemon
+sending them to CAPI (the simulator over loopback); nothing lost across a stop with CAPI down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import closing
+
+import orjson
+import pytest
+
+from capi_fast import Signal, SignalInbox
+from capi_fast.errors import InvalidSignal
+from capi_fast.spool import Spool
+from capi_fast.testing import CapiSimulator
+from daemon_support import CAPI_FAST, Running, until, write
+
+
+def signals(n: int, start: int = 1) -> list[Signal]:
+    out = [Signal.decision(f"192.0.2.{i}", "mywaf/bf") for i in range(start, start + n)]
+    return out + [Signal.whisper(f"198.51.100.{start}", "mywaf/probe")]
+
+
+def test_dropped_signals_reach_the_spool_once_and_the_files_go(tmp_path):
+    inbox = SignalInbox(tmp_path / "inbox")
+    sent = signals(3)
+    path = inbox.drop(sent)
+    assert path is not None and path.stat().st_mode & 0o777 == 0o600
+    assert inbox.drop([]) is None
+    copy = path.read_bytes()
+    with closing(Spool(tmp_path / "spool")) as spool:
+        report = inbox.drain(spool)
+        assert (report.files, report.signals, report.skipped, report.quarantined) == (1, 4, 0, 0)
+        assert inbox.pending() == [], "a drained file is deleted"
+        # A file drained again (the daemon died between the spool and the delete) adds nothing.
+        (inbox.path / path.name).write_bytes(copy)
+        again = inbox.drain(spool)
+        assert (again.signals, again.duplicates) == (0, 4)
+        queued = spool.oldest(100)
+        assert [p["uuid"] for _, p in queued] == [s.uuid for s in sent]
+        assert [p["decisions"] == [] for _, p in queued] == [False, False, False, True]
+    with closing(Spool(tmp_path / "spool")) as spool:
+        assert len(spool) == 4, "and it stays in the spool across a restart"
+
+
+def test_bad_files_are_quarantined_and_bad_items_skipped(tmp_path):
+    inbox = SignalInbox(tmp_path / "inbox")
+    good = signals(2)
+    items = [{"whisper": s.is_whisper, "payload": s.to_payload("")} for s in good]
+    wrong_flag = {"whisper": True, "payload": good[0].to_payload("")}  # a decision said to be a whisper
+    no_uuid = {"whisper": False, "payload": {**good[1].to_payload(""), "uuid": ""}}
+    write(inbox.path / "1-mixed.signals", orjson.dumps([items[0], "x", wrong_flag, no_uuid, items[1], 7]).decode())
+    write(inbox.path / "2-garbage.signals", "{not json")
+    write(inbox.path / "3-object.signals", '{"whisper": false}')
+    write(inbox.path / ".4-in-progress.signals.123.tmp", "[]")
+    with closing(Spool(tmp_path / "spool")) as spool:
+        report = inbox.drain(spool)
+        assert (report.files, report.signals, report.skipped, report.quarantined) == (1, 2, 4, 2)
+        assert sorted(os.listdir(inbox.path / "quarantine")) == ["2-garbage.signals", "3-object.signals"]
+        assert [p["uuid"] for _, p in spool.oldest(10)] == [good[0].uuid, good[1].uuid]
+    assert [p.name for p in inbox.pending()] == [], "the temporary file of a write in progress is not taken"
+    with pytest.raises(InvalidSignal):
+        inbox.drop([good[0], "not a signal"])  # type: ignore[list-item]
+    assert inbox.pending() == [], "nothing written"
+
+
+def register(home, url) -> None:
+    env = {**os.environ, "CAPI_FAST_URL": url, "CAPI_FAST_HOME": str(home)}
+    done = subprocess.run([*CAPI_FAST, "--scenario", "mywaf/bf", "register"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def daemon_config(tmp_path, home, url: str, name: str):
+    return write(
+        tmp_path / name,
+        f"""
+[source]
+capi = true
+home = "{home}"
+capi_url = "{url}"
+
+[signals]
+inbox = "{tmp_path / "inbox"}"
+check_every = 0.2
+""",
+    )
+
+
+def test_the_daemon_sends_dropped_signals_and_keeps_them_through_an_outage(tmp_path):
+    home = tmp_path / "home"
+    inbox = SignalInbox(tmp_path / "inbox")
+    with CapiSimulator() as sim:
+        register(home, sim.url)
+        config = daemon_config(tmp_path, home, sim.url, "c.toml")
+        sim.stop()  # CAPI down: the signals are taken in, the stop cannot send them, they stay spooled
+        down = Running(config)
+        try:
+            until("the start", lambda: "daemon started" in down.text())
+            first = signals(3)
+            inbox.drop(first)
+            until("the inbox to be drained", lambda: not inbox.pending())
+        finally:
+            assert down.stop() == 0, down.text()
+        assert "4 taken in from 1 files" in down.text() and "they stay queued" in down.text()
+        # CAPI back: the next run sends them with the new ones, when it stops if not before.
+        sim.start()
+        assert sim.signals == []
+        up = Running(config)
+        try:
+            until("the start", lambda: "daemon started" in up.text())
+            second = signals(2, start=10)
+            inbox.drop(second)
+            until("the inbox to be drained", lambda: not inbox.pending())
+        finally:
+            assert up.stop() == 0, up.text()
+        uuids = [s["uuid"] for s in sim.signals]
+        assert sorted(uuids) == sorted(s.uuid for s in first + second), "each once, none lost"
+        assert "Traceback" not in down.text() + up.text()
+
+
+def test_signals_settings_are_checked(tmp_path):
+    config = write(tmp_path / "c.toml", '[source]\ncapi = true\n[signals]\nspool = "/tmp/x"\n')
+    done = subprocess.run([*CAPI_FAST, "run", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "signals.spool needs signals.inbox" in done.stderr
+    config = write(tmp_path / "c.toml", "[source]\ncapi = true\n[signals]\ninbox = 3\n")
+    done = subprocess.run([*CAPI_FAST, "run", "--config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 2 and "signals.inbox must be a directory path" in done.stderr
