@@ -81,7 +81,7 @@ pub fn pieces(mut prefixes: Vec<(u128, u8, u16, u64)>, bits: u8, want: u16) -> V
 
 /// The fewest CIDR blocks `(start, len, until)` covering exactly the `pieces` (sorted,
 /// disjoint), each with the latest `until` of the pieces it covers.
-pub fn blocks(pieces: &[(u128, u128, u64)], bits: u8) -> Vec<(u128, u8, u64)> {
+pub fn blocks(pieces: &[(u128, u128, u64)], bits: u8) -> Vec<Block> {
     let mut out = Vec::new();
     let mut cut = Vec::new();
     let mut i = 0;
@@ -105,6 +105,42 @@ pub fn blocks(pieces: &[(u128, u128, u64)], bits: u8) -> Vec<(u128, u8, u64)> {
         i = j;
     }
     out
+}
+
+/// One exported block: `(start, len, until)`.
+pub type Block = (u128, u8, u64);
+
+/// What turns the export `old` into `new` (both from [`blocks`]: sorted, disjoint): the blocks
+/// of `new` to add and those of `old` to delete. A block whose `until` changed is in both.
+pub fn changes<'a>(old: &'a [Block], new: &'a [Block]) -> (Vec<&'a Block>, Vec<&'a Block>) {
+    let (mut add, mut delete) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if (a.0, a.1) == (b.0, b.1) => {
+                if a.2 != b.2 {
+                    delete.push(a);
+                    add.push(b);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if (a.0, a.1) < (b.0, b.1) => {
+                delete.push(a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                delete.push(a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                add.push(b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (add, delete)
 }
 
 /// Cuts the run `[a, b]` into the fewest CIDR blocks `(start, len)`.
@@ -164,6 +200,19 @@ mod tests {
         let p = pieces(vec![(0, 0, 1, 5), (u128::MAX, 128, 0, 6)], 128, 0);
         assert_eq!(p, vec![(u128::MAX, u128::MAX, 6)]);
         assert_eq!(pieces(vec![(0, 0, 0, 5), (u128::MAX, 128, 1, 6)], 128, 1), vec![]);
+    }
+
+    #[test]
+    fn changes_pair_blocks_by_start_and_length() {
+        let old = [(1, 32, 5), (2, 31, 5), (8, 29, 5), (16, 28, 5)];
+        let new = [(1, 32, 5), (2, 31, 6), (4, 30, 5), (16, 28, 5), (32, 27, 1)];
+        let (add, delete) = changes(&old, &new);
+        assert_eq!(add, vec![&(2, 31, 6), &(4, 30, 5), &(32, 27, 1)]);
+        assert_eq!(delete, vec![&(2, 31, 5), &(8, 29, 5)]);
+        let (add, delete) = changes(&[], &new);
+        assert_eq!((add.len(), delete.len()), (5, 0));
+        let (add, delete) = changes(&old, &[]);
+        assert_eq!((add.len(), delete.len()), (0, 4));
     }
 
     #[test]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from capi_fast import DecisionIndex
+from capi_fast.firewall import delta
 from capi_fast.reference import ReferenceIndex
 
 T0 = 1_800_000_000.0
@@ -33,6 +34,7 @@ class Compare(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.native = DecisionIndex()
+        self.exports: dict = {}  # (remediation, family) -> (native ExportBlocks, reference export_until)
         self.ref = ReferenceIndex()
         self.now = T0
 
@@ -91,6 +93,13 @@ class Compare(RuleBasedStateMachine):
         assert a == b
         a, b = self.both("export_until", rem, family=family, now=self.now)
         assert a == b
+        # What changed since this export was last taken: native, against the reference's delta.
+        before = self.exports.get((rem, family))
+        blocks, added, deleted = self.native.export_changes(rem, family, self.now, before and before[0])
+        expected = delta({0: before[1] if before else {}}, {0: b})
+        assert (added, deleted) == (expected.add.get(0, {}), expected.delete.get(0, {}))
+        assert blocks.content() == b and len(blocks) == len(b)
+        self.exports[(rem, family)] = (blocks, b)
 
     @rule()
     def active_counts(self):

@@ -190,6 +190,32 @@ class DecisionIndex:
         meeting the CIDR; None when one never expires. A packet filter can give each element
         that timeout, so it leaves the kernel when its decisions expire.
         """
+    def export_changes(
+        self,
+        remediation: str = "ban",
+        family: int = 4,
+        now: float | None = None,
+        previous: ExportBlocks | None = None,
+        until: bool = True,
+    ) -> tuple[ExportBlocks, dict[str, float | None], dict[str, float | None]]:
+        """The export now, and what changed since ``previous`` (an earlier result's first item).
+
+        Returns ``(blocks, added, deleted)``: added CIDRs with their new ends, deleted ones with
+        their old ends; a CIDR whose end changed is in both. Only the changes become Python
+        objects, so a sync of a million-decision index costs the native sweep, not a million
+        strings. Without ``until`` every end is None and only CIDRs count.
+        """
+
+@final
+class ExportBlocks:
+    """One export of a remediation in one family, kept native (``DecisionIndex.export_changes``)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def family(self) -> int:
+        """The address family (4 or 6)."""
+    def content(self) -> dict[str, float | None]:
+        """CIDR -> end of its answer (Unix seconds; None: never), as ``export_until`` gives."""
 
 @final
 class Remediator:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from capi_fast._native import DecisionIndex
+from capi_fast._native import DecisionIndex, ExportBlocks
 from capi_fast.errors import ConfigurationError, FirewallError
 from capi_fast.export import check_set_name
 
@@ -83,13 +83,14 @@ Content = dict[tuple[str, int], dict[str, float | None]]
 
 @dataclass(frozen=True)
 class Delta:
-    """What one sync changes: per (remediation, family), CIDRs to add (with their ends) and to delete.
+    """What one sync changes, per (remediation, family).
 
-    A CIDR whose end changed is in both: deleted, then added again with the new end.
+    CIDRs to add with their ends, and CIDRs to delete with the ends they had. A CIDR whose end
+    changed is in both (deleted, then added again).
     """
 
     add: dict[tuple[str, int], dict[str, float | None]] = field(default_factory=dict)
-    delete: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    delete: dict[tuple[str, int], dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def added(self) -> int:
@@ -103,21 +104,24 @@ class Delta:
 
 
 def delta(old: Content, new: Content) -> Delta:
-    """The elements to delete and add to turn ``old`` into ``new`` (sorted, for stable scripts)."""
+    """The elements to delete and add to turn ``old`` into ``new``.
+
+    ``DecisionIndex.export_changes`` computes the same natively; this is its reference.
+    """
     add: dict[tuple[str, int], dict[str, float | None]] = {}
-    delete: dict[tuple[str, int], list[str]] = {}
+    delete: dict[tuple[str, int], dict[str, float | None]] = {}
     for key in new.keys() | old.keys():
         before, after = old.get(key, {}), new.get(key, {})
-        gone = sorted(c for c, end in before.items() if c not in after or after[c] != end)
-        came = sorted(c for c, end in after.items() if c not in before or before[c] != end)
+        gone = {c: end for c, end in before.items() if c not in after or after[c] != end}
+        came = {c: end for c, end in after.items() if c not in before or before[c] != end}
         if came:
-            add[key] = {c: after[c] for c in came}
+            add[key] = came
         if gone:
             delete[key] = gone
     return Delta(add, delete)
 
 
-def settle(change: Delta, old: Content, now: float) -> Delta | None:
+def settle(change: Delta, now: float) -> Delta | None:
     """``change`` as sent to a backend whose elements time out at their ends (None: load whole).
 
     The kernel removes an element on its own once its end is past (within a second: timeouts
@@ -126,14 +130,12 @@ def settle(change: Delta, old: Content, now: float) -> Delta | None:
     is within ``EXPIRY_SLACK`` of now may be there or not, so the sync becomes a full load
     (which flushes instead: rare, a window of a few seconds per end).
     """
-    delete: dict[tuple[str, int], list[str]] = {}
-    for key, cidrs in change.delete.items():
-        ends = old.get(key, {})
-        kept = []
-        for cidr in cidrs:
-            end = ends.get(cidr)
+    delete: dict[tuple[str, int], dict[str, float | None]] = {}
+    for key, ends in change.delete.items():
+        kept = {}
+        for cidr, end in ends.items():
             if end is None or now < end - EXPIRY_SLACK:
-                kept.append(cidr)
+                kept[cidr] = end
             elif now <= end + 1 + EXPIRY_SLACK:
                 return None
         if kept:
@@ -154,11 +156,11 @@ class Backend(Protocol):
         ``now`` is the time ``content``'s ends are counted from (default: the time).
         """
 
-    def apply(self, change: Delta, content: Content, now: float | None = None) -> None:
+    def apply(self, change: Delta, content: Callable[[], Content], now: float | None = None) -> None:
         """Adds and deletes elements, in one transaction.
 
-        ``content`` is what the sets then hold, for a backend that must rebuild a set instead
-        (to grow it).
+        ``content()`` gives what the sets then hold, for a backend that must rebuild a set
+        instead (to grow it).
         """
 
     def read(self, now: float | None = None) -> Content:
@@ -203,7 +205,14 @@ class FirewallSync:
         self.backend = backend
         self.remediations = tuple(remediations)
         self.clock = clock
-        self.applied: Content | None = None  # None: the next sync is a full load
+        self._exports: dict[tuple[str, int], ExportBlocks] | None = None  # None: the next sync loads whole
+
+    @property
+    def applied(self) -> Content | None:
+        """What the last sync put in the sets (None before one, or after a failure)."""
+        if self._exports is None:
+            return None
+        return {key: blocks.content() for key, blocks in self._exports.items()}
 
     def wanted(self) -> Content:
         """What the sets should hold now (with each CIDR's end when the backend times elements out)."""
@@ -217,29 +226,39 @@ class FirewallSync:
     def sync(self, full: bool = False) -> SyncReport:
         """One transaction bringing the sets to ``wanted()``: a full load first, then deltas.
 
-        A failure raises the backend's error and makes the next sync a full load.
+        The comparison with the last sync is native (``DecisionIndex.export_changes``): only
+        what changed becomes Python objects. A failure raises the backend's error and makes the
+        next sync a full load.
         """
-        started, now = time.perf_counter(), self.clock()
-        want = self.wanted()
-        old, self.applied = self.applied, None
-        if full or old is None:
-            self.backend.load(want, now)
-            change = delta({}, want)
-            is_full = True
-        else:
-            change = delta(old, want)
-            sent = settle(change, old, now) if self.backend.timeouts else change
-            if sent is None:
-                self.backend.load(want, now)
-            elif sent.add or sent.delete:
-                self.backend.apply(sent, want, now)
-            is_full = sent is None
-        self.applied = want
+        started, now, ix = time.perf_counter(), self.clock(), self._index()
+        until = self.backend.timeouts
+        old, self._exports = self._exports, None
+        whole = full or old is None
+        exports: dict[tuple[str, int], ExportBlocks] = {}
+        change = Delta()
+        for key in ((r, f) for r in self.remediations for f in FAMILIES):
+            previous = None if whole or old is None else old.get(key)
+            blocks, added, deleted = ix.export_changes(key[0], key[1], now, previous, until)
+            exports[key] = blocks
+            if added:
+                change.add[key] = added
+            if deleted:
+                change.delete[key] = deleted
+
+        def content() -> Content:
+            return {key: blocks.content() for key, blocks in exports.items()}
+
+        sent = None if whole else settle(change, now) if until else change
+        if sent is None:
+            self.backend.load(content(), now)
+        elif sent.add or sent.delete:
+            self.backend.apply(sent, content, now)
+        self._exports = exports
         return SyncReport(
-            full=is_full,
+            full=sent is None,
             added=change.added,
-            deleted=change.deleted,
-            elements=sum(map(len, want.values())),
+            deleted=0 if whole else change.deleted,
+            elements=sum(map(len, exports.values())),
             seconds=time.perf_counter() - started,
         )
 
@@ -249,12 +268,13 @@ class FirewallSync:
         An element whose end is past (or within ``EXPIRY_SLACK`` seconds) may be there or not:
         the kernel times it out on its own.
         """
-        if self.applied is None:
+        last = self.applied
+        if last is None:
             return False
         now = self.clock()
         kernel, soon = self.backend.read(now), now + EXPIRY_SLACK
-        for key in kernel.keys() | self.applied.keys():
-            held, applied = kernel.get(key, {}), self.applied.get(key, {})
+        for key in kernel.keys() | last.keys():
+            held, applied = kernel.get(key, {}), last.get(key, {})
             # An element left to time out (see ``settle``) may still be there.
             if any(c not in applied and (end is None or end > soon) for c, end in held.items()):
                 return False

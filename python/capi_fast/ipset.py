@@ -22,7 +22,7 @@ first in their chain on load when missing and deleted by ``remove``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from capi_fast.errors import ConfigurationError, FirewallError
 from capi_fast.firewall import FAMILIES, Content, Delta, check_options, run_tool
@@ -87,6 +87,7 @@ class IpsetBackend:
         self._ipset = tuple(ipset)
         self._iptables = {4: tuple(iptables), 6: tuple(ip6tables)}
         self.maxelem: dict[tuple[str, int], int] = {}
+        self.sizes: dict[tuple[str, int], int] = {}  # entries in each live set, as this backend made it
 
     @staticmethod
     def _name(prefix: str, remediation: str, family: int, tmp: bool = False) -> str:
@@ -129,6 +130,7 @@ class IpsetBackend:
         lines += [f"add {tmp} {e}" for e in entries]
         lines += [f"swap {tmp} {live}", f"destroy {tmp}"]
         self.maxelem[(rem, fam)] = maxelem
+        self.sizes[(rem, fam)] = len(entries)
         return lines
 
     #: ipset's sets are made without timeouts: a sync deletes expired elements.
@@ -149,20 +151,23 @@ class IpsetBackend:
             # Rules of ours made with other settings (another action, prefix or hook) go.
             self._delete_rules(fam, keep=[" ".join(r) for r in wanted])
 
-    def apply(self, change: Delta, content: Content, now: float | None = None) -> None:
+    def apply(self, change: Delta, content: Callable[[], Content], now: float | None = None) -> None:
         """Deletes and adds elements (a set that would outgrow ``maxelem`` is rebuilt instead)."""
         lines: list[str] = []
         for key in sorted(change.add.keys() | change.delete.keys()):
             rem, fam = key
             if rem not in self.remediations:
                 raise ConfigurationError(f"this backend has no set for {rem!r}")
-            if len(_entries(content.get(key, ()))) > self.maxelem.get(key, 0):
+            added, deleted = _entries(change.add.get(key, ())), _entries(change.delete.get(key, ()))
+            size = self.sizes.get(key, 0) + len(added) - len(deleted)
+            if size > self.maxelem.get(key, 0):
                 run_tool(self._ipset, ["destroy", self._name(self.prefix, rem, fam, True)], check=False)
-                lines += self._rebuild(rem, fam, content.get(key, ()))
+                lines += self._rebuild(rem, fam, content().get(key, ()))
                 continue
+            self.sizes[key] = size
             live = self.set_name(rem, fam)
-            lines += [f"del {live} {e} -exist" for e in _entries(change.delete.get(key, ()))]
-            lines += [f"add {live} {e} -exist" for e in _entries(change.add.get(key, ()))]
+            lines += [f"del {live} {e} -exist" for e in deleted]
+            lines += [f"add {live} {e} -exist" for e in added]
         self._restore(lines)
 
     def read(self, now: float | None = None) -> Content:

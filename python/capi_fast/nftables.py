@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -218,7 +218,7 @@ class NftablesBackend:
             existing = [i["set"].get("name") for i in listing.get("nftables", []) if "set" in i]
             self._run(["-f", "-"], self.redeclare_script(existing) + script)
 
-    def apply(self, change: Delta, content: Content | None = None, now: float | None = None) -> None:
+    def apply(self, change: Delta, content: Callable[[], Content] | None = None, now: float | None = None) -> None:
         """Deletes and adds elements, in one transaction."""
         self._run(["-f", "-"], self.delta_script(change, now))
 

@@ -2,12 +2,13 @@
 
 use super::breathe::{list_of, Breather};
 use super::convert::{addr_text, clock, expiry, ms, name_text, opt_f64, text, text_of, to_py};
+use super::export::{self, ExportBlocks};
 use super::stream::ParsedStream;
 use crate::aggregate;
 use crate::batch::{AddItem, Batch, Outcome, RemoveItem};
 use crate::error::Error;
 use crate::index::{AddRule, Index};
-use crate::parse::{format_net, parse_addr, parse_net, Addr, Net};
+use crate::parse::{parse_addr, parse_net, Addr};
 use crate::shared::Shared;
 use crate::slot::NEVER;
 use crate::snapshot;
@@ -439,7 +440,7 @@ impl PyDecisionIndex {
         now: Option<f64>,
     ) -> PyResult<Bound<'py, PyList>> {
         let blocks = self.export_blocks(py, remediation, family, now)?;
-        list_of(py, blocks.into_iter().map(|(cidr, _)| cidr).collect::<Vec<_>>())
+        list_of(py, blocks.iter().map(|b| export::cidr(family, b)).collect::<Vec<_>>())
     }
 
     /// `export_cidrs` with when each CIDR stops answering `remediation` (Unix seconds; None: never).
@@ -452,30 +453,52 @@ impl PyDecisionIndex {
         now: Option<f64>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let blocks = self.export_blocks(py, remediation, family, now)?;
-        let out = PyDict::new(py);
-        let mut breathe = Breather::default();
-        for (cidr, until) in blocks {
-            breathe.tick(py)?;
-            if until >= NEVER {
-                out.set_item(cidr, py.None())?;
-            } else {
-                out.set_item(cidr, until as f64 / 1000.0)?;
+        export::dict_of(py, family, blocks.iter())
+    }
+
+    /// The export now, and what changed since `previous` (an earlier result's first item):
+    /// `(blocks, added, deleted)`, added and deleted as CIDR -> end (new and old). Without
+    /// `until`, ends are all None and only CIDRs count.
+    #[pyo3(signature = (remediation = "ban", family = 4, now = None, previous = None, until = true))]
+    #[allow(clippy::type_complexity)]
+    fn export_changes<'py>(
+        &self,
+        py: Python<'py>,
+        remediation: &str,
+        family: u8,
+        now: Option<f64>,
+        previous: Option<PyRef<'py, ExportBlocks>>,
+        until: bool,
+    ) -> PyResult<(ExportBlocks, Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        if let Some(p) = &previous {
+            if p.family != family {
+                return Err(PyValueError::new_err(format!(
+                    "previous is an export of family {}, not {family}",
+                    p.family
+                )));
             }
         }
-        Ok(out)
+        let mut blocks = self.export_blocks(py, remediation, family, now)?;
+        if !until {
+            blocks.iter_mut().for_each(|b| b.2 = NEVER);
+        }
+        let old: &[aggregate::Block] = previous.as_ref().map_or(&[], |p| &p.blocks);
+        let (add, delete) = py.detach(|| aggregate::changes(old, &blocks));
+        let added = export::dict_of(py, family, add.into_iter())?;
+        let deleted = export::dict_of(py, family, delete.into_iter())?;
+        Ok((ExportBlocks { family, blocks }, added, deleted))
     }
 }
 
 impl PyDecisionIndex {
-    /// The blocks answering `remediation` at `now`, as CIDR text with the millisecond expiry
-    /// of that answer (see [`aggregate`]).
+    /// The blocks answering `remediation` at `now` (see [`aggregate`]).
     fn export_blocks(
         &self,
         py: Python<'_>,
         remediation: &str,
         family: u8,
         now: Option<f64>,
-    ) -> PyResult<Vec<(String, u64)>> {
+    ) -> PyResult<Vec<aggregate::Block>> {
         if family != 4 && family != 6 {
             return Err(PyValueError::new_err(format!("family must be 4 or 6, got {family}")));
         }
@@ -487,13 +510,7 @@ impl PyDecisionIndex {
         };
         Ok(py.detach(|| {
             let bits = if family == 4 { 32 } else { 128 };
-            let pieces = aggregate::pieces(ix.active_prefixes(family, now), bits, want);
-            aggregate::blocks(&pieces, bits)
-                .into_iter()
-                .map(|(s, l, until)| {
-                    (format_net(if family == 4 { Net::V4(s as u32, l) } else { Net::V6(s, l) }), until)
-                })
-                .collect()
+            aggregate::blocks(&aggregate::pieces(ix.active_prefixes(family, now), bits, want), bits)
         }))
     }
 

@@ -1,11 +1,12 @@
 //! The Python bindings, `capi_fast._native`: conversions and error mapping ([`convert`]), the
-//! decision index ([`index`]), the request-path answerer ([`answers`]), the stream reader
+//! decision index ([`index`]), the request-path answerer ([`answers`]), exports for packet filters ([`export`]), the stream reader
 //! ([`stream`]) and how long loops share the GIL ([`breathe`]). The logic lives in the core
 //! modules; these only convert arguments and results.
 
 pub(crate) mod answers;
 pub(crate) mod breathe;
 pub(crate) mod convert;
+pub(crate) mod export;
 pub(crate) mod index;
 pub(crate) mod stream;
 
@@ -16,6 +17,8 @@ use pyo3::prelude::*;
 pub mod _native {
     #[pymodule_export]
     use super::answers::Remediator;
+    #[pymodule_export]
+    use super::export::ExportBlocks;
     #[pymodule_export]
     use super::index::{BatchResult, PyDecisionIndex};
     #[pymodule_export]
