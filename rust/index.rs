@@ -88,6 +88,18 @@ pub struct Index {
     normalized: u64,
 }
 
+/// Remediation ids from the most severe rank to the least: those in `priorities` in its order,
+/// then the others alphabetically.
+pub(crate) fn rank_order(priorities: &[String], remediations: &[String]) -> Vec<u8> {
+    let prio = |name: &str| priorities.iter().position(|p| p == name).unwrap_or(usize::MAX);
+    let mut order: Vec<u8> = (0..remediations.len() as u8).collect();
+    order.sort_by(|&a, &b| {
+        let (na, nb) = (&remediations[a as usize], &remediations[b as usize]);
+        prio(na).cmp(&prio(nb)).then_with(|| na.cmp(nb))
+    });
+    order
+}
+
 fn check_name(what: &str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
         return Err(Error::InvalidDecision(format!(
@@ -131,12 +143,7 @@ impl Index {
     }
 
     fn rerank(&mut self) {
-        let prio = |name: &str| self.priorities.iter().position(|p| p == name).unwrap_or(usize::MAX);
-        let mut order: Vec<u8> = (0..self.remediations.len() as u8).collect();
-        order.sort_by(|&a, &b| {
-            let (na, nb) = (&self.remediations[a as usize], &self.remediations[b as usize]);
-            prio(na).cmp(&prio(nb)).then_with(|| na.cmp(nb))
-        });
+        let order = rank_order(&self.priorities, &self.remediations);
         let mut rem_rank = vec![0u16; order.len()];
         for (rank, &r) in order.iter().enumerate() {
             rem_rank[r as usize] = rank as u16;
@@ -429,6 +436,33 @@ impl Index {
         self.v4.finish(&self.tag_keys);
         self.v6.finish(&self.tag_keys);
         (a + b, done4 && done6)
+    }
+
+    /// The decisions of one family active at `now`, as `(network key, length, tag, expiry)`,
+    /// in no order.
+    pub(crate) fn active_raw(&self, family: u8, now: u64) -> Vec<(u128, u8, u16, u64)> {
+        fn collect<K: Bits>(t: &Table<K>, now: u64, out: &mut Vec<(u128, u8, u16, u64)>) {
+            let sets = t.sets();
+            t.for_each(|k, l, s| {
+                s.for_each(sets, |d| {
+                    if d.exp > now {
+                        out.push((k.to_u128(), l, d.tag, d.exp));
+                    }
+                })
+            });
+        }
+        let mut out = Vec::with_capacity(self.count);
+        if family == 4 {
+            collect(&self.v4, now, &mut out);
+        } else {
+            collect(&self.v6, now, &mut out);
+        }
+        out
+    }
+
+    /// Tag -> (origin, remediation), tag 0 being the empty slot.
+    pub(crate) fn tag_table(&self) -> &[(u32, u8)] {
+        &self.tags
     }
 
     /// Every decision held (active or not).

@@ -36,6 +36,7 @@ pub(crate) mod bits;
 pub mod error;
 pub(crate) mod hosts;
 pub mod index;
+pub(crate) mod mapped;
 pub mod parse;
 pub(crate) mod py;
 pub(crate) mod shared;

@@ -310,6 +310,20 @@ fn run_model(sc: &Scenario, seeds: std::ops::Range<u64>) {
         assert_eq!(back.settle_ranks(), (model_settle(&active, true), model_settle(&active, false)), "snapshot");
         let addrs: Vec<Addr> = (0..200).map(|_| (sc.addr)(&mut r)).collect();
         check_lookups(&back, &model, sc, &addrs, now, &format!("snapshot seed {seed}"));
+        // The mapped form answers in place as the model does, now and as decisions expire,
+        // and rebuilds the same index.
+        let mapped = crate::mapped::encode(&ix, now, b"meta");
+        let layout = crate::mapped::Layout::open(mapped.as_slice()).expect("open mapped");
+        for later in [now, now + 1_000, now + 100_000, now + 10_000_000] {
+            for &a in &addrs {
+                let want = model_lookup(&model, sc.rems, a, later);
+                let got =
+                    layout.lookup(mapped.as_slice(), a, later).map(|id| layout.remediations()[id as usize].as_str());
+                assert_eq!(got, want, "mapped seed {seed} addr {a:?} at {later}");
+            }
+        }
+        let (rebuilt, meta) = layout.to_index(mapped.as_slice()).expect("rebuild mapped");
+        assert_eq!((rebuilt.len(), meta.as_slice()), (active.len(), &b"meta"[..]), "mapped rebuild seed {seed}");
         // A clone keeps the counts behind the settle rank.
         let copy = ix.clone();
         assert_eq!(copy.settle_ranks(), ix.settle_ranks(), "clone seed {seed}");

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import tempfile
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from capi_fast import DecisionIndex
+from capi_fast._native import MappedIndex
 from capi_fast.firewall import delta
 from capi_fast.reference import ReferenceIndex
 
@@ -34,6 +37,7 @@ class Compare(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.native = DecisionIndex()
+        self.held: set[str] = set()  # values added (network starts are looked up too)
         self.exports: dict = {}  # (remediation, family) -> (native ExportBlocks, reference export_until)
         self.ref = ReferenceIndex()
         self.now = T0
@@ -45,11 +49,13 @@ class Compare(RuleBasedStateMachine):
 
     @rule(value=values, rem=remediations, origin=origins, ttl=ttls)
     def add(self, value, rem, origin, ttl):
+        self.held.add(value)
         a, b = self.both("add", value, rem, origin=origin, ttl=ttl, now=self.now)
         assert a == b
 
     @rule(items=st.lists(st.tuples(values, remediations, ttls, origins), max_size=30))
     def add_many(self, items):
+        self.held.update(v for v, *_ in items)
         a, b = self.both("add_many", items, now=self.now)
         assert (a.added, a.refreshed, a.removed, a.normalized) == (b.added, b.refreshed, b.removed, b.normalized)
 
@@ -100,6 +106,18 @@ class Compare(RuleBasedStateMachine):
         assert (added, deleted) == (expected.add.get(0, {}), expected.delete.get(0, {}))
         assert blocks.content() == b and len(blocks) == len(b)
         self.exports[(rem, family)] = (blocks, b)
+
+    @rule(ips=st.lists(addresses, min_size=1, max_size=20), later=st.sampled_from([0, 1, 30, 500]))
+    def mapped(self, ips, later):
+        # The mapped snapshot answers in place as the index does, now and as decisions expire.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.snap")
+            self.native.save_mapped(path, b"m", now=self.now)
+            m = MappedIndex(path)
+        held = [n.split("/")[0] for n in self.held]
+        for ip in ips + held:
+            assert m.lookup(ip, now=self.now + later) == self.native.lookup(ip, now=self.now + later), ip
+        assert m.to_index().lookup_many(ips, now=self.now) == self.native.lookup_many(ips, now=self.now)
 
     @rule()
     def active_counts(self):

@@ -179,6 +179,11 @@ class DecisionIndex:
         """Like ``load``, also returning the metadata given to ``save``."""
     def active_counts(self, now: float | None = None) -> dict[tuple[str, str], int]:
         """Active decisions at ``now`` by (origin, remediation), as usage metrics report them."""
+    def save_mapped(self, path: str | PathLike[str], metadata: bytes | None = None, now: float | None = None) -> None:
+        """Writes the decisions active at ``now`` in the mapped layout, atomically, mode 0600.
+
+        ``MappedIndex`` answers from such a file in place.
+        """
     def export_cidrs(self, remediation: str = "ban", family: int = 4, now: float | None = None) -> list[str]:
         """The fewest CIDRs covering exactly the addresses answering ``remediation`` now."""
     def export_until(
@@ -216,6 +221,43 @@ class ExportBlocks:
         """The address family (4 or 6)."""
     def content(self) -> dict[str, float | None]:
         """CIDR -> end of its answer (Unix seconds; None: never), as ``export_until`` gives."""
+
+@final
+class MappedIndex:
+    """Lookups answered in place from a file ``DecisionIndex.save_mapped`` wrote.
+
+    Opening maps the file read-only and checks its header, section table and names (O(1) in
+    the number of decisions; ``SnapshotError`` when they do not hold); nothing is built, and
+    every process mapping the same file shares its pages. Answers are the in-memory index's.
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None: ...
+    def lookup(self, ip: str, now: float | None = None) -> str | None:
+        """The remediation for ``ip`` at ``now`` (default: the current time), or None."""
+    def lookup_many(self, ips: Sequence[str], now: float | None = None) -> list[str | None]:
+        """``lookup`` of each address of a list."""
+    def decision_of(self, ip: str, now: float | None = None) -> tuple[str, str] | None:
+        """(origin, remediation) of the decision answering ``ip`` at ``now``, or None."""
+    def __len__(self) -> int: ...
+    @property
+    def path(self) -> str:
+        """The file mapped."""
+    @property
+    def size(self) -> int:
+        """Bytes mapped."""
+    @property
+    def metadata(self) -> bytes:
+        """The caller metadata saved with the decisions."""
+    @property
+    def written_at(self) -> float:
+        """When the file was written (Unix seconds)."""
+    @property
+    def priorities(self) -> list[str]:
+        """The priority list the saved index was built with."""
+    def verify(self) -> bool:
+        """Whether the file's checksum matches its bytes (reads them all: O(size))."""
+    def to_index(self) -> DecisionIndex:
+        """A ``DecisionIndex`` holding the same decisions (for a writer starting from the file)."""
 
 @final
 class Remediator:

@@ -66,7 +66,7 @@ pub struct PyDecisionIndex {
 }
 
 impl PyDecisionIndex {
-    fn wrap(ix: Index) -> PyDecisionIndex {
+    pub(crate) fn wrap(ix: Index) -> PyDecisionIndex {
         let names = (0..crate::index::MAX_REMEDIATIONS).map(|_| OnceLock::new()).collect();
         PyDecisionIndex { inner: Shared::new(ix), names }
     }
@@ -395,6 +395,17 @@ impl PyDecisionIndex {
         let ix = self.inner.snapshot();
         let meta = metadata.unwrap_or_default();
         py.detach(|| snapshot::write_atomic(&path, &snapshot::encode(&ix, now, &meta)))?;
+        Ok(())
+    }
+
+    /// Writes the active decisions in the mapped layout (`MappedIndex` answers from it in
+    /// place), atomically, mode 0600.
+    #[pyo3(signature = (path, metadata = None, now = None))]
+    fn save_mapped(&self, py: Python<'_>, path: PathBuf, metadata: Option<Vec<u8>>, now: Option<f64>) -> PyResult<()> {
+        let now = ms(clock(now)?);
+        let ix = self.inner.snapshot();
+        let meta = metadata.unwrap_or_default();
+        py.detach(|| snapshot::write_atomic(&path, &crate::mapped::encode(&ix, now, &meta)))?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod breathe;
 pub(crate) mod convert;
 pub(crate) mod export;
 pub(crate) mod index;
+pub(crate) mod mapped;
 pub(crate) mod stream;
 
 use pyo3::prelude::*;
@@ -21,6 +22,8 @@ pub mod _native {
     use super::export::ExportBlocks;
     #[pymodule_export]
     use super::index::{BatchResult, PyDecisionIndex};
+    #[pymodule_export]
+    use super::mapped::PyMappedIndex;
     #[pymodule_export]
     use super::stream::{parse_stream, ParsedStream};
 
