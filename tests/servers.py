@@ -161,6 +161,7 @@ class FakeVerify:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stalled.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -180,6 +181,8 @@ class FakeLapi:
         self.metrics: list[dict[str, Any]] = []
         self.user_agents: list[str] = []
         self.metrics_status = 201
+        self.stall = {"true": 0.0, "false": 0.0}  # seconds before answering a startup / delta pull
+        self._stalled = threading.Event()  # set at exit: stalled answers go at once
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -193,6 +196,8 @@ class FakeLapi:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.headers.get("x-api-key") != fake.KEY:
                     return self._send(403, b'{"message":"access forbidden"}')
+                startup = "startup=true" in (self.path or "")
+                fake._stalled.wait(fake.stall["true" if startup else "false"])  # a slow LAPI
                 self._send(200, b'{"new": [], "deleted": []}')
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -221,5 +226,6 @@ class FakeLapi:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stalled.set()
         self.server.shutdown()
         self.server.server_close()

@@ -113,13 +113,16 @@ class HttpPolicy:
         base: float = min(self.max_backoff, self.backoff * (2.0**attempt))
         return base * (0.5 + 0.5 * self._rng.random())
 
-    def failed(self, what: str, e: Exception, attempt: int) -> float:
-        """Classifies a failed attempt: raises the typed error if it was the last, else the delay."""
+    def failed(self, what: str, e: Exception, attempt: int, timeout: float | None = None) -> float:
+        """Classifies a failed attempt: raises the typed error if it was the last, else the delay.
+
+        ``timeout`` is the call's own when it had a longer one than the policy's.
+        """
         if isinstance(e, Retry):
             failure: CapiError = e.error
             delay = self.delay(attempt, e.retry_after)
         elif isinstance(e, httpx.TimeoutException):
-            failure = ServerError(f"{what}: {self.service} did not answer within {self.timeout} s")
+            failure = ServerError(f"{what}: {self.service} did not answer within {timeout or self.timeout} s")
             delay = self.delay(attempt, None)
         else:
             failure = ServerError(f"{what}: cannot reach {self.service} ({type(e).__name__})")
@@ -152,24 +155,30 @@ class HttpPolicy:
         except orjson.JSONDecodeError:
             raise Retry(ServerError(f"{what}: {self.service}'s answer is not valid JSON", r.status_code)) from None
 
-    def run(self, what: str, fn: Callable[[], Any], sleep: Callable[[float], None]) -> Any:
-        """Runs ``fn`` under this policy (the sync clients' loop)."""
+    def run(
+        self, what: str, fn: Callable[[], Any], sleep: Callable[[float], None], timeout: float | None = None
+    ) -> Any:
+        """Runs ``fn`` under this policy (the sync clients' loop); ``timeout``: ``fn``'s own, if longer."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()
             except (Retry, httpx.TransportError) as e:
-                delay = self.failed(what, e, attempt)
+                delay = self.failed(what, e, attempt, timeout)
             sleep(delay)
         raise AssertionError("unreachable")
 
     async def run_async(
-        self, what: str, fn: Callable[[], Awaitable[Any]], sleep: Callable[[float], Awaitable[None]]
+        self,
+        what: str,
+        fn: Callable[[], Awaitable[Any]],
+        sleep: Callable[[float], Awaitable[None]],
+        timeout: float | None = None,
     ) -> Any:
         """Awaits ``fn`` under this policy (the async clients' loop)."""
         for attempt in range(self.retries + 1):
             try:
                 return await fn()
             except (Retry, httpx.TransportError) as e:
-                delay = self.failed(what, e, attempt)
+                delay = self.failed(what, e, attempt, timeout)
             await sleep(delay)
         raise AssertionError("unreachable")

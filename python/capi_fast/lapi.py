@@ -18,13 +18,18 @@ import orjson
 
 from capi_fast._native import __version__
 from capi_fast.errors import CapiError, ConfigurationError, ServerError
-from capi_fast.http_policy import HttpPolicy
+from capi_fast.http_policy import HttpPolicy, check_seconds
 from capi_fast.lists import Allowlist, Blocklist
 
 __all__ = ["AsyncLapiClient", "LapiClient"]
 
 _WHAT = "LAPI decisions stream"
 _METRICS = "LAPI usage metrics"
+
+
+def _read(read: float, other: float) -> httpx.Timeout:
+    """A read timeout of ``read`` seconds, the others (connect, write, pool) of ``other``."""
+    return httpx.Timeout(other, read=read)
 
 
 class _LapiRules:
@@ -37,6 +42,7 @@ class _LapiRules:
         *,
         user_agent: str = "capi-fast-bouncer",
         timeout: float = 10.0,
+        startup_timeout: float = 300.0,
         retries: int = 2,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
@@ -62,6 +68,10 @@ class _LapiRules:
             max_retry_after=max_retry_after,
             clock=clock,
         )
+        check_seconds("startup_timeout", startup_timeout, positive=True)
+        # A startup pull is the whole decision set: crowdsec 1.4 takes over 10 s to start
+        # answering one of a million decisions, so it gets a read timeout of its own.
+        self.startup_timeout = max(float(startup_timeout), timeout)
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.user_agent = f"{user_agent.strip()} capi-fast/{__version__}"
         self._api_key = api_key
@@ -86,10 +96,11 @@ class _LapiRules:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
-    def _request(self, startup: bool) -> tuple[str, dict[str, str], dict[str, str]]:
+    def _request(self, startup: bool) -> tuple[str, dict[str, str], dict[str, str], float]:
+        """URL, parameters, headers and read timeout of a stream pull."""
         headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Accept": "application/json"}
         params = {"startup": "true" if startup else "false", **self._filters}
-        return f"{self.base_url}v1/decisions/stream", params, headers
+        return f"{self.base_url}v1/decisions/stream", params, headers, self.startup_timeout if startup else self.timeout
 
     def _metrics_request(self) -> tuple[str, dict[str, str]]:
         headers = {"User-Agent": self.user_agent, "X-Api-Key": self._api_key, "Content-Type": "application/json"}
@@ -118,6 +129,8 @@ class LapiClient(_LapiRules):
         api_key: a bouncer key from ``cscli bouncers add``; never logged.
         user_agent: your product and version.
         timeout: seconds per HTTP call.
+        startup_timeout: seconds a startup pull (every decision) may take to answer (300; a
+            LAPI holding a million decisions takes tens of seconds).
         retries: retries of a transient failure.
         scopes: decision scopes to pull (default ``ip`` and ``range``, as crowdsec's bouncers).
         origins: only decisions of these origins (e.g. ``crowdsec``, ``cscli``, ``CAPI``); all if empty.
@@ -156,12 +169,13 @@ class LapiClient(_LapiRules):
 
     def get_stream_raw(self, startup: bool = False) -> bytes:
         """The body of ``GET /v1/decisions/stream`` as received."""
-        url, params, headers = self._request(startup)
+        url, params, headers, timeout = self._request(startup)
 
         def once() -> Any:
-            return self.policy.check(self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+            answer = self._http.get(url, params=params, headers=headers, timeout=_read(timeout, self.timeout))
+            return self.policy.check(answer, _WHAT, raw=True)
 
-        body: bytes = self.policy.run(_WHAT, once, self._sleep)
+        body: bytes = self.policy.run(_WHAT, once, self._sleep, timeout)
         return body
 
     def push_usage_metrics(self, body: dict[str, Any]) -> None:
@@ -218,12 +232,13 @@ class AsyncLapiClient(_LapiRules):
 
     async def get_stream_raw(self, startup: bool = False) -> bytes:
         """The body of ``GET /v1/decisions/stream`` as received."""
-        url, params, headers = self._request(startup)
+        url, params, headers, timeout = self._request(startup)
 
         async def once() -> Any:
-            return self.policy.check(await self._http.get(url, params=params, headers=headers), _WHAT, raw=True)
+            answer = await self._http.get(url, params=params, headers=headers, timeout=_read(timeout, self.timeout))
+            return self.policy.check(answer, _WHAT, raw=True)
 
-        body: bytes = await self.policy.run_async(_WHAT, once, self._sleep)
+        body: bytes = await self.policy.run_async(_WHAT, once, self._sleep, timeout)
         return body
 
     async def push_usage_metrics(self, body: dict[str, Any]) -> None:
