@@ -12,6 +12,29 @@ from capi_fast.errors import StorageError
 __all__ = ["read_private", "write_atomic"]
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Fsyncs a directory, so the names created or renamed in it survive a power cut (OSError)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a directory, created (mode 0700, with its parents) when missing.
+
+    Raises:
+        StorageError: it cannot be, naming ``what`` it is for.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
     """Replaces ``path`` with ``data``, atomically.
 
@@ -31,11 +54,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from capi_fast.errors import InvalidSignal, StorageError
-from capi_fast.files import write_atomic
+from capi_fast.files import private_dir, write_atomic
 from capi_fast.signals import Signal
 from capi_fast.spool import Spool
 
@@ -77,11 +77,7 @@ class SignalInbox:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot use {self.path} as a signal inbox: {e.strerror or e}") from None
+        self.path = private_dir(path, "the signal inbox")
 
     def drop(self, signals: Iterable[Signal]) -> Path | None:
         """Hands ``signals`` to the sender: one file, written atomically. None when there are none.

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from capi_fast.errors import StorageError
-from capi_fast.files import write_atomic
+from capi_fast.files import fsync_dir, write_atomic
 from capi_fast.spool_format import HEADER_SIZE, MAX_RECORD, Damage, claimed_length, encode, record_at, scan
 
 __all__ = ["Spool"]
@@ -215,11 +215,7 @@ class Spool:
                 return
             try:
                 os.fsync(self._fd)
-                dir_fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fsync_dir(self.path)
             except OSError as e:
                 raise StorageError(f"cannot sync the signal spool {self.path}: {e}") from None
 

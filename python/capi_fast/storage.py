@@ -21,11 +21,10 @@ import string
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from capi_fast.errors import ConfigurationError, StorageError
-from capi_fast.files import write_atomic
+from capi_fast.files import private_dir, write_atomic
 
 __all__ = [
     "MACHINE_ID_LENGTH",
@@ -166,11 +165,7 @@ class FileStorage:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         """Uses (and creates, mode 0700) ``directory``."""
-        self.directory = Path(directory)
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot create storage directory {self.directory}: {e}") from None
+        self.directory = private_dir(directory, "storage directory")
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._lock_fd: int | None = None
