@@ -2,7 +2,7 @@
 //! bytes, building nothing.
 //!
 //! Layout (little-endian): a header (`b"CAPIFMAP"`, `u32` version, `u32` section count, `u64`
-//! time written), a table of `(offset, length)` per section, the sections (8-byte aligned), and
+//! time written, `u64` decisions held), a table of `(offset, length)` per section, the sections (8-byte aligned), and
 //! a CRC-32 of everything before it. Per family the sections hold:
 //!
 //! - single addresses: a directory of 65,537 `u32` offsets by the address's top 16 bits, the
@@ -32,7 +32,7 @@ use std::collections::HashMap;
 const MAGIC: &[u8; 8] = b"CAPIFMAP";
 /// Format version written by this build.
 pub const VERSION: u32 = 1;
-const HEADER: usize = 24;
+const HEADER: usize = 32;
 /// Sections: names, metadata, sets, then per family (v4, v6): directory, host keys, host slots,
 /// range keys, range lengths, range parents, range slots, interval starts, interval ranges.
 const SECTIONS: usize = 3 + 2 * 9;
@@ -40,6 +40,11 @@ const MANY: u64 = 0xFFFF;
 /// "No range": an interval no range covers, or a range at the top.
 const NONE: u32 = u32::MAX;
 const DIR: usize = 65_537;
+
+/// Whether `bytes` start as a mapped snapshot does.
+pub fn is_mapped(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
 
 /// Bounds-checked reads of a mapped file (zeros past its end).
 pub trait Mem {
@@ -278,8 +283,10 @@ pub fn encode(ix: &Index, now: u64, metadata: &[u8]) -> Vec<u8> {
         names.push(r);
     }
     let mut sets = Vec::new();
-    let f4 = family::<u32>(ix.active_raw(4, now), &mut sets);
-    let f6 = family::<u128>(ix.active_raw(6, now), &mut sets);
+    let (v4, v6) = (ix.active_raw(4, now), ix.active_raw(6, now));
+    let decisions = (v4.len() + v6.len()) as u64;
+    let f4 = family::<u32>(v4, &mut sets);
+    let f6 = family::<u128>(v6, &mut sets);
     let mut sections: Vec<&[u8]> = vec![&names, metadata, &sets];
     for f in [&f4, &f6] {
         sections.extend([
@@ -301,6 +308,7 @@ pub fn encode(ix: &Index, now: u64, metadata: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(SECTIONS as u32).to_le_bytes());
     out.extend_from_slice(&now.to_le_bytes());
+    out.extend_from_slice(&decisions.to_le_bytes());
     let mut at = HEADER + SECTIONS * 16;
     for s in &sections {
         out.extend_from_slice(&(at as u64).to_le_bytes());
@@ -352,6 +360,7 @@ pub struct Layout {
     /// Rank -> remediation id.
     rank_rem: Vec<u8>,
     written: u64,
+    decisions: u64,
     size: usize,
 }
 
@@ -462,6 +471,7 @@ impl Layout {
             tag_keys,
             rank_rem,
             written: m.u64(16),
+            decisions: m.u64(24),
             size,
         })
     }
@@ -593,6 +603,11 @@ impl Layout {
     /// Decisions held: single addresses plus ranges, each counted once per prefix.
     pub fn prefixes(&self) -> usize {
         self.v4.hosts + self.v4.ranges + self.v6.hosts + self.v6.ranges
+    }
+
+    /// Decisions held (as the header says).
+    pub fn decisions(&self) -> u64 {
+        self.decisions
     }
 
     /// When the file was written (Unix ms).

@@ -161,7 +161,6 @@ class FakeVerify:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stalled.set()
         self.server.shutdown()
         self.server.server_close()
 

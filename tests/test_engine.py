@@ -192,6 +192,11 @@ def test_follower_reloads_what_the_writer_publishes(sim, client, clock, tmp_path
     assert follower.get_ip_remediation("192.0.2.2") == "bypass", "checks at most once a second"
     tick.now += 1.0
     assert follower.get_ip_remediation("192.0.2.2") == "ban"
+    # It answers from the writer's file mapped in place, not from an index of its own.
+    assert follower.mapped is not None and follower.mapped.decisions == 2 and follower._index is None
+    assert follower.counters == {("CAPI", "ban"): 2, ("clean", "bypass"): 1}, "its own counts, per process"
+    assert follower.stats()["index"]["decisions"] == 2
+    assert follower.index.lookup("192.0.2.2") == "ban", "an index built from the mapping when asked"
     with pytest.raises(ConfigurationError):
         follower.refresh_decisions()
     assert sum(1 for r in sim.requests if r.path.endswith("/decisions/stream")) == 2, "only the writer calls CAPI"

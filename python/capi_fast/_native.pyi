@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, final, overload
 
 from typing_extensions import Buffer
@@ -240,7 +241,10 @@ class MappedIndex:
         """(origin, remediation) of the decision answering ``ip`` at ``now``, or None."""
     def __len__(self) -> int: ...
     @property
-    def path(self) -> str:
+    def decisions(self) -> int:
+        """Decisions held (a network may hold several)."""
+    @property
+    def path(self) -> Path:
         """The file mapped."""
     @property
     def size(self) -> int:
@@ -264,7 +268,7 @@ class Remediator:
     """The engine's per-request answer in one native call: lookup, answer table, counters.
 
     Args:
-        index: the index to answer from.
+        index: the index to answer from (in memory, or a mapped snapshot).
         answers: remediation -> answer (unlisted remediations answer as themselves).
         clean: the answer when no active decision covers the address.
         reload: called from ``get`` at most once per ``check_every`` seconds (snapshot followers).
@@ -274,7 +278,7 @@ class Remediator:
 
     def __init__(
         self,
-        index: DecisionIndex,
+        index: DecisionIndex | MappedIndex,
         answers: Mapping[str, str],
         *,
         clean: str = "bypass",
@@ -286,14 +290,14 @@ class Remediator:
         """The answer for ``ip``, counted under the deciding decision's origin. Raises ``InvalidIP``."""
     def recount(self, ip: str, answer: str, now: float | None = None) -> None:
         """Counts the last answer for ``ip`` as ``answer`` (a solved captcha counts as bypass)."""
-    def set_index(self, index: DecisionIndex) -> None:
+    def set_index(self, index: DecisionIndex | MappedIndex) -> None:
         """Answers from ``index`` from now on; counts are kept."""
     def set_answers(self, answers: Mapping[str, str]) -> None:
         """Replaces the remediation -> answer table; counts are kept."""
     def set_clean(self, clean: str) -> None:
         """Replaces the answer for an address no decision covers; counts are kept."""
     @property
-    def index(self) -> DecisionIndex:
+    def index(self) -> DecisionIndex | MappedIndex:
         """The index answering."""
     def counts(self) -> dict[tuple[str, str], int]:
         """Answers so far by (origin of the deciding decision or ``clean``, answer)."""

@@ -27,7 +27,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import orjson
 
-from capi_fast._native import DecisionIndex, ParsedStream, Remediator, parse_stream
+from capi_fast._native import DecisionIndex, MappedIndex, ParsedStream, Remediator, parse_stream
 from capi_fast.client import CapiClient
 from capi_fast.engine_lists import ALLOW, ListBatch, ListPlan, RefreshState, allow_key, state_from
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError
@@ -147,7 +147,7 @@ class _Engine(Generic[_Source]):
         self._stale = False
         self._last_good: float | None = None
         self._last_error: str | None = None
-        self._index = DecisionIndex(self._index_priorities)
+        self._index: DecisionIndex | None = DecisionIndex(self._index_priorities)
         self._answer = Remediator(self._index, {}, clean=BYPASS)
         self.bouncing_level = bouncing_level
         if min_interval is None:
@@ -162,6 +162,11 @@ class _Engine(Generic[_Source]):
         #: Why the decisions served do not come from ``snapshot_path`` (missing, unreadable, of
         #: other priorities), or None. Set on load, cleared by a good load or a saved refresh.
         self.snapshot_error: str | None = None
+        self._follows = False  # a follower maps a snapshot in the mapped layout instead of loading it
+        self._mapping: MappedIndex | None = None
+        self._open_snapshot()
+
+    def _open_snapshot(self) -> None:
         if self.snapshot_path is not None:
             if self.snapshot_path.exists():
                 self._seen = self._signature()
@@ -183,13 +188,15 @@ class _Engine(Generic[_Source]):
         """A read-only engine for extra workers, answering from another process's snapshot.
 
         It reloads the snapshot when it changes (one ``stat`` at most every ``check_every``
-        seconds), so CAPI is called once per host, not once per worker.
+        seconds), so CAPI is called once per host, not once per worker. A snapshot in the
+        mapped layout (what engines write) is mapped, not loaded: lookups read its bytes in
+        place, every worker shares its pages, and a reload is a new mapping (microseconds).
         """
-        engine = cls(
-            None, priorities=priorities, fallback=fallback, bouncing_level=bouncing_level, snapshot_path=snapshot_path
-        )
+        engine = cls(None, priorities=priorities, fallback=fallback, bouncing_level=bouncing_level)
+        engine.snapshot_path, engine._follows = Path(snapshot_path), True
+        engine._open_snapshot()
         engine._answer = Remediator(
-            engine.index,
+            engine._answer.index,
             engine._answer_table(),
             clean=BYPASS,
             reload=engine._reload_if_changed,
@@ -268,13 +275,32 @@ class _Engine(Generic[_Source]):
 
     @property
     def index(self) -> DecisionIndex:
-        """The native index answering lookups."""
+        """The native index answering lookups.
+
+        A follower answering from a mapped snapshot builds it from the mapping on first use
+        (its lookups do not need it).
+        """
+        if self._index is None:
+            assert self._mapping is not None
+            self._index = self._mapping.to_index()
         return self._index
 
     @index.setter
     def index(self, index: DecisionIndex) -> None:
-        self._index = index
+        self._index, self._mapping = index, None
         self._answer.set_index(index)
+
+    @property
+    def mapped(self) -> MappedIndex | None:
+        """The mapped snapshot a follower answers from (None: the in-memory index answers)."""
+        return self._mapping
+
+    def _use(self, index: DecisionIndex | MappedIndex) -> None:
+        if isinstance(index, MappedIndex):
+            self._index, self._mapping = None, index
+            self._answer.set_index(index)
+        else:
+            self.index = index
 
     @property
     def counters(self) -> dict[tuple[str, str], int]:
@@ -580,7 +606,7 @@ class _Engine(Generic[_Source]):
             }
         )
         try:
-            self.index.save(self.snapshot_path, metadata=meta)
+            self.index.save_mapped(self.snapshot_path, metadata=meta)
         except (OSError, SnapshotError) as e:
             log.error(
                 "cannot write the decision snapshot %s (%s): serving from memory, the next refresh tries again",
@@ -594,7 +620,12 @@ class _Engine(Generic[_Source]):
     def _load(self) -> None:
         assert self.snapshot_path is not None
         try:
-            index, meta = DecisionIndex.load_with_metadata(self.snapshot_path)
+            index: DecisionIndex | MappedIndex
+            if self._follows and _is_mapped(self.snapshot_path):
+                index = MappedIndex(self.snapshot_path)
+                meta = index.metadata
+            else:
+                index, meta = DecisionIndex.load_with_metadata(self.snapshot_path)
             doc = orjson.loads(meta) if meta else {}
         except (SnapshotError, orjson.JSONDecodeError, OSError) as e:
             self.snapshot_error = f"the snapshot {self.snapshot_path} is unreadable: {e}"
@@ -619,7 +650,7 @@ class _Engine(Generic[_Source]):
             log.warning(
                 "snapshot %s predates allowlists: serving it until a startup pull rebuilds it", self.snapshot_path
             )
-            self.index = index
+            self._use(index)
             self.state = RefreshState()
             self.snapshot_error = None  # its decisions are served
             return
@@ -633,20 +664,36 @@ class _Engine(Generic[_Source]):
                 self._index_priorities,
             )
             return
-        self.index = index
+        self._use(index)
         self.state = state
         self.snapshot_error = None
 
     def stats(self) -> dict[str, Any]:
         """Index counts, refresh state and answers by (origin, remediation)."""
         return {
-            "index": self.index.stats(),
+            "index": self.index.stats()
+            if self._mapping is None
+            else {
+                "decisions": self._mapping.decisions,
+                "networks": len(self._mapping),
+                "mapped": str(self._mapping.path),
+                "bytes": self._mapping.size,
+            },
             "last_refresh": self.state.last_refresh,
             "next_refresh_at": self.next_refresh_at,
             "lists": sorted(self.state.lists),
             "allowlists": sorted({str(i.get("name")) for i in self.state.allowlists.values()}),
             "answers": {f"{o}/{r}": n for (o, r), n in sorted(self.counters.items())},
         }
+
+
+def _is_mapped(path: Path) -> bool:
+    """Whether the file at ``path`` is in the mapped layout (``DecisionIndex.save_mapped``)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"CAPIFMAP"
+    except OSError:
+        return False
 
 
 class RemediationEngine(_Engine[CapiClient | LapiClient]):

@@ -7,7 +7,9 @@
 
 use super::convert::{addr_text, clock, ms, text_of, to_py};
 use super::index::PyDecisionIndex;
-use crate::parse::parse_addr;
+use super::mapped::PyMappedIndex;
+use crate::index::Index;
+use crate::parse::{parse_addr, Addr};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
@@ -17,8 +19,81 @@ use std::time::Instant;
 /// Origin reported for addresses no decision covers.
 const CLEAN: &str = "clean";
 
+/// What a `Remediator` answers from: the in-memory index, or a mapped snapshot.
+enum Source {
+    Memory(Py<PyDecisionIndex>),
+    Mapped(Py<PyMappedIndex>),
+}
+
+/// The questions a `Remediator` asks its source.
+trait Answers {
+    /// Tag of the decision answering `addr` at `now`.
+    fn winner(&self, addr: Addr, now: u64) -> Option<u16>;
+    /// (origin id, remediation id) of a tag.
+    fn tag_parts(&self, tag: u16) -> (u32, u8);
+    fn remediations(&self) -> &[String];
+    fn origins(&self) -> &[String];
+}
+
+impl Answers for Index {
+    fn winner(&self, addr: Addr, now: u64) -> Option<u16> {
+        Index::winner(self, addr, now)
+    }
+    fn tag_parts(&self, tag: u16) -> (u32, u8) {
+        Index::tag_parts(self, tag)
+    }
+    fn remediations(&self) -> &[String] {
+        Index::remediations(self)
+    }
+    fn origins(&self) -> &[String] {
+        Index::origins(self)
+    }
+}
+
+impl Answers for PyMappedIndex {
+    fn winner(&self, addr: Addr, now: u64) -> Option<u16> {
+        PyMappedIndex::winner(self, addr, now)
+    }
+    fn tag_parts(&self, tag: u16) -> (u32, u8) {
+        self.layout().tag_parts(tag)
+    }
+    fn remediations(&self) -> &[String] {
+        self.layout().remediations()
+    }
+    fn origins(&self) -> &[String] {
+        self.layout().origins()
+    }
+}
+
+impl Source {
+    /// Runs `f` on the source (under the index's read lock for the in-memory one).
+    fn with<R>(&self, f: impl FnOnce(&dyn Answers) -> R) -> R {
+        match self {
+            Source::Memory(ix) => f(&**ix.get().inner.read()),
+            Source::Mapped(m) => f(m.get()),
+        }
+    }
+
+    fn of(index: &Bound<'_, PyAny>) -> PyResult<Source> {
+        if let Ok(ix) = index.cast::<PyDecisionIndex>() {
+            return Ok(Source::Memory(ix.clone().unbind()));
+        }
+        match index.cast::<PyMappedIndex>() {
+            Ok(m) => Ok(Source::Mapped(m.clone().unbind())),
+            Err(_) => Err(pyo3::exceptions::PyTypeError::new_err("index must be a DecisionIndex or a MappedIndex")),
+        }
+    }
+
+    fn object(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            Source::Memory(ix) => ix.clone_ref(py).into_any(),
+            Source::Mapped(m) => m.clone_ref(py).into_any(),
+        }
+    }
+}
+
 struct State {
-    index: Py<PyDecisionIndex>,
+    index: Source,
     /// Remediation name -> answer; remediations not listed answer as themselves.
     mapping: HashMap<String, Py<PyString>>,
     /// Answer by remediation id of `index`, filled on first use.
@@ -53,7 +128,7 @@ impl Follow {
     }
 }
 
-/// Answers "what remediation for this IP?" from a `DecisionIndex`, counting them.
+/// Answers "what remediation for this IP?" from a `DecisionIndex` or a `MappedIndex`, counting them.
 #[pyclass(frozen, module = "capi_fast._native", name = "Remediator")]
 pub struct Remediator {
     state: RwLock<State>,
@@ -65,14 +140,15 @@ impl Remediator {
     /// Adds the per-tag counts to the folded ones (before the index or the answers change).
     fn fold(&self, py: Python<'_>, st: &State) {
         let mut c = self.counts.lock();
-        let ix = st.index.get().inner.read();
         let by_tag = std::mem::take(&mut c.by_tag);
-        for (tag, &n) in by_tag.iter().enumerate().filter(|&(_, &n)| n > 0) {
-            let (origin, rem) = ix.tag_parts(tag as u16);
-            let answer = Self::answer_of(py, st, &ix.remediations()[rem as usize]);
-            let key = (ix.origins()[origin as usize].clone(), answer);
-            *c.folded.entry(key).or_default() += n;
-        }
+        st.index.with(|ix| {
+            for (tag, &n) in by_tag.iter().enumerate().filter(|&(_, &n)| n > 0) {
+                let (origin, rem) = ix.tag_parts(tag as u16);
+                let answer = Self::answer_of(py, st, &ix.remediations()[rem as usize]);
+                let key = (ix.origins()[origin as usize].clone(), answer);
+                *c.folded.entry(key).or_default() += n;
+            }
+        });
         let clean = std::mem::take(&mut c.clean);
         if clean > 0 {
             *c.folded.entry((CLEAN.to_owned(), st.clean.bind(py).to_string())).or_default() += clean;
@@ -84,11 +160,12 @@ impl Remediator {
     }
 
     fn answers_for(py: Python<'_>, st: &State) -> Vec<Py<PyString>> {
-        let ix = st.index.get().inner.read();
-        ix.remediations()
-            .iter()
-            .map(|r| st.mapping.get(r).map_or_else(|| PyString::intern(py, r).unbind(), |a| a.clone_ref(py)))
-            .collect()
+        st.index.with(|ix| {
+            ix.remediations()
+                .iter()
+                .map(|r| st.mapping.get(r).map_or_else(|| PyString::intern(py, r).unbind(), |a| a.clone_ref(py)))
+                .collect()
+        })
     }
 
     /// Calls the reload hook when it is due.
@@ -117,7 +194,7 @@ impl Remediator {
     #[pyo3(signature = (index, answers, *, clean = "bypass", reload = None, check_every = 1.0, monotonic = None))]
     fn new(
         py: Python<'_>,
-        index: Py<PyDecisionIndex>,
+        index: &Bound<'_, PyAny>,
         answers: std::collections::HashMap<String, String>,
         clean: &str,
         reload: Option<Py<PyAny>>,
@@ -128,6 +205,7 @@ impl Remediator {
             return Err(pyo3::exceptions::PyValueError::new_err("check_every must be a finite number of seconds >= 0"));
         }
         let mapping = answers.into_iter().map(|(k, v)| (k, PyString::intern(py, &v).unbind())).collect();
+        let index = Source::of(index)?;
         let mut st = State { index, mapping, answers: Vec::new(), clean: PyString::intern(py, clean).unbind() };
         st.answers = Self::answers_for(py, &st);
         let follow = match reload {
@@ -152,10 +230,7 @@ impl Remediator {
         let now = ms(clock(now)?);
         loop {
             let st = self.state.read();
-            let winner = {
-                let ix = st.index.get().inner.read();
-                ix.winner(addr, now).map(|tag| (tag, ix.tag_parts(tag).1))
-            };
+            let winner = st.index.with(|ix| ix.winner(addr, now).map(|tag| (tag, ix.tag_parts(tag).1)));
             let Some((tag, rem)) = winner else {
                 self.counts.lock().clean += 1;
                 return Ok(st.clean.clone_ref(py));
@@ -185,13 +260,15 @@ impl Remediator {
         let addr = addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))?;
         let now = ms(clock(now)?);
         let st = self.state.read();
-        let ix = st.index.get().inner.read();
         let mut c = self.counts.lock();
-        let origin = match ix.winner(addr, now) {
-            Some(tag) => match c.by_tag.get_mut(tag as usize) {
+        let winner = st
+            .index
+            .with(|ix| ix.winner(addr, now).map(|tag| (tag, ix.origins()[ix.tag_parts(tag).0 as usize].clone())));
+        let origin = match winner {
+            Some((tag, origin)) => match c.by_tag.get_mut(tag as usize) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
-                    ix.origins()[ix.tag_parts(tag).0 as usize].clone()
+                    origin
                 }
                 _ => return Ok(()),
             },
@@ -205,12 +282,14 @@ impl Remediator {
         Ok(())
     }
 
-    /// Answers `get` from now on; the counts so far are kept.
-    fn set_index(&self, py: Python<'_>, index: Py<PyDecisionIndex>) {
+    /// Answers `get` from now on (a `DecisionIndex` or a `MappedIndex`); the counts so far are kept.
+    fn set_index(&self, py: Python<'_>, index: &Bound<'_, PyAny>) -> PyResult<()> {
+        let source = Source::of(index)?;
         let mut st = self.state.write();
         self.fold(py, &st);
-        st.index = index;
+        st.index = source;
         st.answers = Self::answers_for(py, &st);
+        Ok(())
     }
 
     /// Replaces the remediation -> answer table; the counts so far are kept.
@@ -230,8 +309,8 @@ impl Remediator {
 
     /// The index answering.
     #[getter]
-    fn index(&self, py: Python<'_>) -> Py<PyDecisionIndex> {
-        self.state.read().index.clone_ref(py)
+    fn index(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state.read().index.object(py)
     }
 
     /// Answers given so far, by (origin of the winning decision or `clean`, answer).

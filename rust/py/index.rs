@@ -419,10 +419,19 @@ impl PyDecisionIndex {
     #[staticmethod]
     fn load_with_metadata(py: Python<'_>, path: PathBuf) -> PyResult<(PyDecisionIndex, Py<PyBytes>)> {
         let bytes = py.detach(|| std::fs::read(&path))?;
-        let (ix, meta) = py.detach(|| snapshot::decode(&bytes)).map_err(|e| {
-            let m = format!("{}: {e}", path.display());
-            to_py(py, Error::Snapshot(m))
-        })?;
+        let (ix, meta) = py
+            .detach(|| {
+                // The mapped layout (`save_mapped`) reads back whole too.
+                if crate::mapped::is_mapped(&bytes) {
+                    crate::mapped::Layout::open(bytes.as_slice())?.to_index(bytes.as_slice())
+                } else {
+                    snapshot::decode(&bytes)
+                }
+            })
+            .map_err(|e| {
+                let m = format!("{}: {e}", path.display());
+                to_py(py, Error::Snapshot(m))
+            })?;
         Ok((Self::wrap(ix), PyBytes::new(py, &meta).unbind()))
     }
 

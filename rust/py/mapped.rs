@@ -42,6 +42,16 @@ impl PyMappedIndex {
         &self.map
     }
 
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Tag of the decision answering `addr` at `now`.
+    pub(crate) fn winner(&self, addr: crate::parse::Addr, now: u64) -> Option<u16> {
+        let key = self.layout.best(self.bytes(), addr, now);
+        (key != crate::slot::NO_KEY).then_some((key & 0xFFFF) as u16)
+    }
+
     fn parse(&self, py: Python<'_>, ip: &Bound<'_, PyAny>) -> PyResult<crate::parse::Addr> {
         addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))
     }
@@ -97,11 +107,10 @@ impl PyMappedIndex {
         now: Option<f64>,
     ) -> PyResult<Option<(String, String)>> {
         let addr = self.parse(py, ip)?;
-        let key = self.layout.best(self.bytes(), addr, ms(clock(now)?));
-        if key == crate::slot::NO_KEY {
+        let Some(tag) = self.winner(addr, ms(clock(now)?)) else {
             return Ok(None);
-        }
-        let (o, r) = self.layout.tag_parts((key & 0xFFFF) as u16);
+        };
+        let (o, r) = self.layout.tag_parts(tag);
         let name = |v: &[String], i: usize| v.get(i).cloned().unwrap_or_default();
         Ok(Some((name(self.layout.origins(), o as usize), name(self.layout.remediations(), r as usize))))
     }
@@ -109,6 +118,12 @@ impl PyMappedIndex {
     /// Prefixes held (a network with several decisions counts once).
     fn __len__(&self) -> usize {
         self.layout.prefixes()
+    }
+
+    /// Decisions held (a network may hold several).
+    #[getter]
+    fn decisions(&self) -> u64 {
+        self.layout.decisions()
     }
 
     /// The file mapped.
