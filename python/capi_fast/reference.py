@@ -134,6 +134,20 @@ class ReferenceBatchResult:
     normalized: int = 0
 
 
+class ReferenceExport:
+    """``ExportBlocks``' twin: one export, as CIDR -> end."""
+
+    def __init__(self, family: int, ends: dict[str, float | None]) -> None:
+        self.family, self._ends = family, ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def content(self) -> dict[str, float | None]:
+        """CIDR -> end of its answer."""
+        return dict(self._ends)
+
+
 class ReferenceIndex:
     """Pure-Python twin of ``capi_fast.DecisionIndex`` (same methods, same answers)."""
 
@@ -430,6 +444,30 @@ class ReferenceIndex:
             last = max(exp for net, m, exp in active if start >> (width - min(n, m)) == net >> (width - min(n, m)))
             out[cidr] = None if last >= NEVER else last / 1000.0
         return out
+
+    def export_changes(
+        self,
+        remediation: str = "ban",
+        family: int = 4,
+        now: float | None = None,
+        previous: Any = None,
+        until: bool = True,
+    ) -> tuple[ReferenceExport, dict[str, float | None], dict[str, float | None]]:
+        """The export now and what changed since ``previous`` (added with new ends, deleted with old)."""
+        if until:
+            current = self.export_until(remediation, family, now)
+        else:
+            current = dict.fromkeys(self.export_cidrs(remediation, family, now))
+        before: dict[str, float | None] = previous.content() if previous is not None else {}
+        added = {c: end for c, end in current.items() if c not in before or before[c] != end}
+        deleted = {c: end for c, end in before.items() if c not in current or current[c] != end}
+        return ReferenceExport(family, current), added, deleted
+
+    def save_mapped(
+        self, path: str | os.PathLike[str], metadata: bytes | None = None, now: float | None = None
+    ) -> None:
+        """The reference has one file format: ``save``'s."""
+        self.save(path, metadata=metadata, now=now)
 
     def save(self, path: str | os.PathLike[str], *, metadata: bytes | None = None, now: float | None = None) -> None:
         """Writes the active decisions as JSON, atomically."""
