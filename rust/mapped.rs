@@ -652,9 +652,14 @@ impl Layout {
     pub fn to_index(&self, m: &(impl Mem + ?Sized)) -> Result<(Index, Vec<u8>)> {
         let mut ix = Index::new(&self.priorities).map_err(|e| corrupt(&e.to_string()))?;
         let mut tags: HashMap<u16, u16> = HashMap::new();
-        let mut ops = Vec::with_capacity(self.prefixes());
+        let mut ops = Vec::with_capacity(self.prefixes().min(self.decisions as usize));
         let mut bad = None;
+        let limit = self.decisions;
         let mut push = |net: Net, tag: u16, exp: u64| {
+            if ops.len() as u64 >= limit {
+                bad = Some("more decisions than the header's count");
+                return;
+            }
             let valid = match net {
                 Net::V4(k, l) => l <= 32 && k & u32::mask(l) == k,
                 Net::V6(k, l) => l <= 128 && k & u128::mask(l) == k,
@@ -682,6 +687,9 @@ impl Layout {
         self.each_family::<u128>(m, &self.v6, &mut push);
         if let Some(why) = bad {
             return Err(corrupt(why));
+        }
+        if ops.len() as u64 != self.decisions {
+            return Err(corrupt("the decisions do not add up to the header's count"));
         }
         ix.reserve_v4_hosts(self.v4.hosts);
         ix.apply(&ops);

@@ -100,3 +100,18 @@ def test_a_follower_reads_nothing_until_it_looks(tmp_path):
     m = MappedIndex(path)
     assert len(m) == 200_000 and m.size == os.path.getsize(path)
     assert m.lookup("10.1.2.3") == "ban" and m.lookup("11.1.2.3") is None
+
+
+def test_a_writer_never_starts_from_a_damaged_snapshot(tmp_path):
+    # Loading (a writer's restart) reads the whole file: the checksum is checked, so damaged
+    # decisions are refused rather than loaded and saved again under a good checksum.
+    path = tmp_path / "m.snap"
+    sample().save_mapped(path, b"cursor", now=NOW)
+    index, meta = DecisionIndex.load_with_metadata(path)
+    assert meta == b"cursor" and index.lookup("192.0.2.7", now=NOW) == "ban"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not MappedIndex(path).verify()
+    with pytest.raises(SnapshotError, match="checksum"):
+        DecisionIndex.load_with_metadata(path)

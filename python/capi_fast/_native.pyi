@@ -229,7 +229,10 @@ class MappedIndex:
 
     Opening maps the file read-only and checks its header, section table and names (O(1) in
     the number of decisions; ``SnapshotError`` when they do not hold); nothing is built, and
-    every process mapping the same file shares its pages. Answers are the in-memory index's.
+    every process mapping the same file shares its pages. It answers the in-memory index's
+    remediation; when decisions of equal rank from several origins cover an address, the origin
+    it credits (``decision_of``, usage counts) is the lowest tag's, where the in-memory index
+    may stop at the first it meets.
     """
 
     def __init__(self, path: str | PathLike[str]) -> None: ...

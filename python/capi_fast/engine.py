@@ -277,12 +277,17 @@ class _Engine(Generic[_Source]):
     def index(self) -> DecisionIndex:
         """The native index answering lookups.
 
-        A follower answering from a mapped snapshot builds it from the mapping on first use
-        (its lookups do not need it).
+        A follower answering from a mapped snapshot (``mapped``) has none: this is then a copy
+        built from the mapping on first use, for reading (changing it changes no answer; the
+        next snapshot replaces it).
         """
         if self._index is None:
-            assert self._mapping is not None
-            self._index = self._mapping.to_index()
+            mapping = self._mapping
+            assert mapping is not None
+            index = mapping.to_index()  # without the GIL: a reload may swap the mapping meanwhile
+            if self._mapping is not mapping:
+                return index
+            self._index = index
         return self._index
 
     @index.setter

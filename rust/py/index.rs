@@ -423,7 +423,13 @@ impl PyDecisionIndex {
             .detach(|| {
                 // The mapped layout (`save_mapped`) reads back whole too.
                 if crate::mapped::is_mapped(&bytes) {
-                    crate::mapped::Layout::open(bytes.as_slice())?.to_index(bytes.as_slice())
+                    // Read whole anyway: the checksum costs little more, and a writer must not
+                    // start from damaged decisions and save them again under a good one.
+                    let layout = crate::mapped::Layout::open(bytes.as_slice())?;
+                    if !crate::mapped::verify(bytes.as_slice(), &layout) {
+                        return Err(Error::Snapshot("corrupt mapped snapshot: checksum mismatch".into()));
+                    }
+                    layout.to_index(bytes.as_slice())
                 } else {
                     snapshot::decode(&bytes)
                 }

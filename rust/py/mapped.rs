@@ -19,12 +19,14 @@ use std::path::{Path, PathBuf};
 #[allow(unsafe_code)]
 fn map(path: &Path) -> std::io::Result<Mmap> {
     let file = File::open(path)?;
-    // SAFETY: memmap2 requires that the file not change while mapped. Snapshot files are never
-    // written in place: every writer (`snapshot::write_atomic`, the Python package's
-    // `files.write_atomic`) writes a new file and renames it over the old name, so a mapping
-    // keeps the old inode's bytes until it is dropped. The file is 0600, its writer's own. The
-    // bytes are only ever read through bounds-checked accessors (`mapped::Mem`), and the map is
-    // private and read-only: nothing here writes through it.
+    // SAFETY: memmap2 requires that the file not change while mapped (the mapping is shared
+    // and read-only: a change in place would show through, and a truncation would fault).
+    // Snapshot files are never written in place: every writer (`snapshot::write_atomic`, the
+    // Python package's `files.write_atomic`) writes a new file and renames it over the old
+    // name, so a mapping keeps the old inode's bytes until it is dropped; README says to
+    // restore a snapshot the same way (copy to a temporary name, then rename). The file is
+    // 0600, its writer's own. The bytes are only ever read through bounds-checked accessors
+    // (`mapped::Mem`) and nothing writes through the mapping.
     unsafe { Mmap::map(&file) }
 }
 
