@@ -19,7 +19,7 @@ import pytest
 
 from capi_fast import DecisionIndex
 from capi_fast.errors import ConfigurationError, FirewallError
-from capi_fast.firewall import EXPIRY_SLACK, Content, FirewallSync
+from capi_fast.firewall import Content, FirewallSync
 from capi_fast.nftables import NftablesBackend
 from netns_support import Net, spaced, two_hosts
 from support import Clock
@@ -174,21 +174,20 @@ def test_a_full_load_keeps_chains_of_your_own_and_drops_hooks_no_longer_wanted(n
 
 
 def test_elements_time_out_in_the_kernel_when_their_decisions_expire(net):
-    # The kernel's timer, not the daemon, removes what expires: the clock here is the real one.
+    # The kernel's timer, not the daemon, removes what expires (a grace of 1 s past the end).
     ix = DecisionIndex()
     now = time.time()
     ix.add("10.77.0.2/31", ttl=5, now=now)  # both client addresses, in the interval set
     ix.add("fd77::3", ttl=5, now=now)  # the hash set
     ix.add("10.77.0.9", ttl=3600, now=now)
     ix.add("10.77.0.11", now=now)  # never expires: no timeout
-    backend = NftablesBackend(hooks=["input"], action="reject", command=net.nft())
-    skew = [0.0]  # the sync's clock runs ahead of the kernel's by this much, later on
-    fw = FirewallSync(ix, backend, clock=lambda: time.time() + skew[0])
+    backend = NftablesBackend(hooks=["input"], action="reject", grace=1, command=net.nft())
+    fw = FirewallSync(ix, backend)
     fw.sync()
     assert not net.connects("10.77.0.3") and not net.connects("fd77::3")
     ends = backend.read()[("ban", 4)]
-    assert ends["10.77.0.11/32"] is None and abs(ends["10.77.0.9/32"] - (now + 3600)) <= 2
-    assert 4 <= ends["10.77.0.2/31"] - now <= 7
+    assert ends["10.77.0.11/32"] is None and abs(ends["10.77.0.9/32"] - (now + 3601)) <= 2
+    assert 5 <= ends["10.77.0.2/31"] - now <= 8
     # Nothing syncs any more (the daemon is stopped): the kernel drops what expired, on time.
     deadline = time.monotonic() + 15
     while "10.77.0.2/31" in backend.read()[("ban", 4)] and time.monotonic() < deadline:
@@ -196,17 +195,37 @@ def test_elements_time_out_in_the_kernel_when_their_decisions_expire(net):
     kernel = cidrs(backend.read())
     assert kernel[("ban", 4)] == {"10.77.0.9/32", "10.77.0.11/32"} and kernel[("ban", 6)] == set()
     assert net.connects("10.77.0.2") and net.connects("10.77.0.3") and net.connects("fd77::3")
-    assert fw.check(), "gone at their end: what check expects"
-    # The next sync, well past their ends, leaves out the deletes of what the kernel removed
-    # (deleting an absent element would fail the transaction): a delta that applies.
-    skew[0] = 1 + EXPIRY_SLACK
+    assert not fw.check(), "the kernel lost elements the last sync put there"
+    # The next sync comes after more than half the grace: a full load, which cannot miss.
     report = fw.sync()
-    assert not report.full and report.deleted == 2 and fw.check()
+    assert report.full and fw.check()
     # A decision made longer: its element is replaced with the new timeout, in one transaction.
-    ix.add("10.77.0.9", ttl=7200, now=fw.clock())
+    ix.add("10.77.0.9", ttl=7200)
     report = fw.sync()
     assert (report.added, report.deleted) == (1, 1)
-    assert abs(backend.read()[("ban", 4)]["10.77.0.9/32"] - (time.time() + 7200)) <= 2
+    assert abs(backend.read()[("ban", 4)]["10.77.0.9/32"] - (time.time() + 7201)) <= 2
+
+
+def test_while_syncs_keep_up_the_sync_deletes_what_expires_before_the_kernel(net):
+    # A clock of our own: the decision ends, the sync that follows deletes the element in a
+    # delta (the kernel holds it for the grace: the delete cannot miss).
+    clock = Clock()
+    ix = DecisionIndex()
+    ix.add("10.77.0.3", ttl=30, now=clock.now)
+    ix.add("10.77.0.0/30", "captcha", ttl=30, now=clock.now)
+    backend = NftablesBackend(remediations=["ban", "captcha"], hooks=["input"], grace=600, command=net.nft())
+    fw = FirewallSync(ix, backend, ["ban", "captcha"], clock=clock)
+    fw.sync()
+    assert not net.connects("10.77.0.3", timeout=1.0)
+    clock.now += 31
+    report = fw.sync()
+    assert not report.full and report.deleted == 3 and fw.check(), "the ban host, the captcha /31 and .2"
+    assert net.connects("10.77.0.3")
+    # Later syncs stay deltas while they come within half the grace.
+    clock.now += 200
+    assert not fw.sync().full
+    clock.now += 301
+    assert fw.sync().full, "a gap over half the grace: loaded whole"
 
 
 def test_switching_timeouts_on_redeclares_the_sets(net):

@@ -3,7 +3,7 @@ the nft scripts they become (no root needed; the namespace tests run them in a k
 
 from __future__ import annotations
 
-from capi_fast.firewall import EXPIRY_SLACK, Delta, delta, settle
+from capi_fast.firewall import Delta, delta
 from capi_fast.nftables import MAX_TIMEOUT, NftablesBackend
 
 BAN4 = ("ban", 4)
@@ -19,20 +19,8 @@ def test_a_changed_end_is_a_delete_and_an_add():
     assert delta(new, new) == Delta()
 
 
-def test_deletes_of_elements_the_kernel_timed_out_are_left_out():
-    change = Delta(delete={BAN4: {"192.0.2.1/32": 100.0, "192.0.2.2/32": None, "192.0.2.3/32": 1000.0}})
-    # Long before its end: deleted by the transaction.
-    assert settle(change, 100.0 - EXPIRY_SLACK - 0.1) == change
-    # Its end (plus the second a whole-second timeout may add) well past: the kernel removed it.
-    later = settle(change, 100.0 + 1 + EXPIRY_SLACK + 0.1)
-    assert later == Delta(delete={BAN4: {"192.0.2.2/32": None, "192.0.2.3/32": 1000.0}})
-    # Around its end it may be there or not: no delta can be sure to apply, so a full load.
-    for now in (100.0 - EXPIRY_SLACK + 0.1, 100.0, 100.0 + 1 + EXPIRY_SLACK - 0.1):
-        assert settle(change, now) is None
-
-
 def test_nft_scripts_carry_timeouts_counted_from_now():
-    b = NftablesBackend(hooks=["input"])
+    b = NftablesBackend(hooks=["input"], grace=30)
     content = {
         BAN4: {"192.0.2.1/32": 1000.5, "192.0.2.2/32": None, "198.51.100.0/24": 1000.0 + MAX_TIMEOUT + 1},
         ("ban", 6): {"2001:db8::/32": 1060.0},
@@ -40,13 +28,13 @@ def test_nft_scripts_carry_timeouts_counted_from_now():
     script = b.load_script(content, now=1000.0)
     assert "add set inet capi_fast ban_v4 { type ipv4_addr; flags timeout; }" in script
     assert "add set inet capi_fast ban_v6_nets { type ipv6_addr; flags interval,timeout; }" in script
-    assert "add element inet capi_fast ban_v4 { 192.0.2.1 timeout 1s, 192.0.2.2 }" in script
+    assert "add element inet capi_fast ban_v4 { 192.0.2.1 timeout 31s, 192.0.2.2 }" in script, "end + grace"
     assert "add element inet capi_fast ban_v4_nets { 198.51.100.0/24 }" in script, "over a year: none"
-    assert "add element inet capi_fast ban_v6_nets { 2001:db8::/32 timeout 60s }" in script
+    assert "add element inet capi_fast ban_v6_nets { 2001:db8::/32 timeout 90s }" in script
     change = Delta(add={BAN4: {"192.0.2.9/32": 1099.2}}, delete={BAN4: {"192.0.2.1/32": 1000.5}})
     assert b.delta_script(change, now=1000.0).splitlines() == [
         "delete element inet capi_fast ban_v4 { 192.0.2.1 }",
-        "add element inet capi_fast ban_v4 { 192.0.2.9 timeout 100s }",
+        "add element inet capi_fast ban_v4 { 192.0.2.9 timeout 130s }",
     ]
     plain = NftablesBackend(timeouts=False).load_script(content, now=1000.0)
     assert "timeout" not in plain and "flags interval;" in plain

@@ -90,12 +90,15 @@ class Daemon:
             except Exception:
                 source.close()
                 raise
-        backend = backend_of(c.firewall)
+        interval = engine._interval(c.interval)
+        # Elements outlive their decisions in the kernel by three refresh intervals (two minutes
+        # at least), so while the daemon runs, it deletes them itself (see NftablesBackend).
+        backend = backend_of(c.firewall, grace=max(120.0, 3 * interval))
         self.source, self.engine, self.backend = source, engine, backend
         self.firewall = (
             None if backend is None else FirewallSync(lambda: engine.index, backend, c.firewall.remediations)
         )
-        self.schedule = RefreshSchedule(engine._interval(c.interval), 0.1)
+        self.schedule = RefreshSchedule(interval, 0.1)
 
     def _build_signals(self, c: DaemonConfig) -> None:
         """The inbox and the batcher sending its signals (a CAPI client of their own)."""

@@ -19,8 +19,9 @@ remediations = ["ban"]        # a set per remediation and family
 hooks = ["input"]             # a drop rule per hook ("input", "forward"); [] for sets only
 action = "drop"               # or "reject"
 log_prefix = "capi-fast: "    # optional
-timeouts = true               # nftables: elements time out when their decisions expire,
-                              # even with the daemon stopped (default true)
+timeouts = true               # nftables: elements time out when their decisions expire
+                              # (plus three refresh intervals, 2 min at least), even with the
+                              # daemon stopped (default true)
 cleanup = true                # remove the table/sets/rules on stop
 netns = "fw"                  # optional: run the firewall tools in this network namespace
 verify_every = 600            # seconds between read-backs of the kernel's sets (0: never);
@@ -259,8 +260,11 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
     )
 
 
-def backend_of(fw: FirewallConfig) -> Backend | None:
-    """The packet-filter backend ``[firewall]`` describes (None for ``backend = "none"``)."""
+def backend_of(fw: FirewallConfig, grace: float = 120.0) -> Backend | None:
+    """The packet-filter backend ``[firewall]`` describes (None for ``backend = "none"``).
+
+    ``grace``: how long nftables elements outlive their decisions (see ``NftablesBackend``).
+    """
     prefix = ("ip", "netns", "exec", fw.netns) if fw.netns else ()
     if not fw.remediations:
         raise ConfigurationError("remediations must name at least one remediation")
@@ -270,6 +274,7 @@ def backend_of(fw: FirewallConfig) -> Backend | None:
             fw.name,
             fw.remediations,
             timeouts=fw.timeouts is not False,
+            grace=grace,
             command=(*prefix, "nft"),
             **options,  # type: ignore[arg-type]
         )

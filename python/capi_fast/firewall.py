@@ -11,6 +11,7 @@ in the same transaction, so no packet ever meets an empty set. Allowlisted addre
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -31,12 +32,11 @@ __all__ = [
     "SyncReport",
     "check_options",
     "run_tool",
-    "settle",
 ]
 
+log = logging.getLogger("capi_fast.firewall")
+
 FAMILIES = (4, 6)
-#: Seconds around an element's end during which ``check`` accepts it present or gone.
-EXPIRY_SLACK = 2.0
 #: Where a backend's rules can hook, and what they do to a banned source.
 HOOKS = ("input", "forward")
 ACTIONS = ("drop", "reject")
@@ -66,6 +66,8 @@ def run_tool(
 def check_options(names: Sequence[str], hooks: Sequence[str], action: str) -> None:
     """The checks every backend makes of its set names, hooks and action (``ConfigurationError``)."""
     for name in names:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"set and table names must be strings, got {name!r}")
         try:
             check_set_name(name)
         except ValueError as e:
@@ -121,34 +123,16 @@ def delta(old: Content, new: Content) -> Delta:
     return Delta(add, delete)
 
 
-def settle(change: Delta, now: float) -> Delta | None:
-    """``change`` as sent to a backend whose elements time out at their ends (None: load whole).
-
-    The kernel removes an element on its own once its end is past (within a second: timeouts
-    are whole seconds), so deleting it again would fail the transaction. A delete of an element
-    surely gone (end more than a second plus ``EXPIRY_SLACK`` past) is dropped; one whose end
-    is within ``EXPIRY_SLACK`` of now may be there or not, so the sync becomes a full load
-    (which flushes instead: rare, a window of a few seconds per end).
-    """
-    delete: dict[tuple[str, int], dict[str, float | None]] = {}
-    for key, ends in change.delete.items():
-        kept = {}
-        for cidr, end in ends.items():
-            if end is None or now < end - EXPIRY_SLACK:
-                kept[cidr] = end
-            elif now <= end + 1 + EXPIRY_SLACK:
-                return None
-        if kept:
-            delete[key] = kept
-    return Delta(change.add, delete)
-
-
 class Backend(Protocol):
     """A packet filter holding one set per (remediation, family)."""
 
     #: Whether the backend gives elements a timeout from their end (``Content``'s values), so
     #: they leave the kernel when their decisions expire even if nothing syncs any more.
     timeouts: bool
+    #: Seconds a timed-out element stays past its end: while syncs come more often than that,
+    #: the sync deletes every element itself (the kernel never removes one under it, which would
+    #: fail the transaction's delete or leave a stale timeout on a re-add).
+    grace: float
 
     def load(self, content: Content, now: float | None = None) -> None:
         """Creates what is missing and replaces every set's content, in one transaction.
@@ -206,6 +190,7 @@ class FirewallSync:
         self.remediations = tuple(remediations)
         self.clock = clock
         self._exports: dict[tuple[str, int], ExportBlocks] | None = None  # None: the next sync loads whole
+        self._synced_at: float | None = None
 
     @property
     def applied(self) -> Content | None:
@@ -248,14 +233,18 @@ class FirewallSync:
         def content() -> Content:
             return {key: blocks.content() for key, blocks in exports.items()}
 
-        sent = None if whole else settle(change, now) if until else change
-        if sent is None:
+        # Syncs further apart than half the grace: the kernel may have timed elements out (its
+        # clock counts from each transaction, seconds after ``now`` for a big one), so a delta's
+        # deletes could miss; a full load flushes instead and cannot.
+        lapsed = until and self._synced_at is not None and now - self._synced_at >= self.backend.grace / 2
+        full_load = whole or lapsed
+        if full_load:
             self.backend.load(content(), now)
-        elif sent.add or sent.delete:
-            self.backend.apply(sent, content, now)
-        self._exports = exports
+        elif change.add or change.delete:
+            self.backend.apply(change, content, now)
+        self._exports, self._synced_at = exports, now
         return SyncReport(
-            full=sent is None,
+            full=full_load,
             added=change.added,
             deleted=0 if whole else change.deleted,
             elements=sum(map(len, exports.values())),
@@ -263,21 +252,21 @@ class FirewallSync:
         )
 
     def check(self) -> bool:
-        """Whether the kernel holds exactly what was last applied (False before any sync).
+        """Whether the kernel holds exactly what was last applied.
 
-        An element whose end is past (or within ``EXPIRY_SLACK`` seconds) may be there or not:
-        the kernel times it out on its own.
+        False before any sync, or when the sets cannot be read; the next sync then loads
+        everything.
         """
         last = self.applied
         if last is None:
             return False
-        now = self.clock()
-        kernel, soon = self.backend.read(now), now + EXPIRY_SLACK
-        for key in kernel.keys() | last.keys():
-            held, applied = kernel.get(key, {}), last.get(key, {})
-            # An element left to time out (see ``settle``) may still be there.
-            if any(c not in applied and (end is None or end > soon) for c, end in held.items()):
-                return False
-            if any(c not in held and (end is None or end > soon) for c, end in applied.items()):
-                return False
-        return True
+        try:
+            kernel = self.backend.read(self.clock())
+        except FirewallError as e:
+            log.warning("reading the packet filter's sets back failed (%s): the next sync loads them whole", e)
+            self._exports = None
+            return False
+        same = all(set(kernel.get(key, {})) == set(last.get(key, {})) for key in kernel.keys() | last.keys())
+        if not same:
+            self._exports = None
+        return same

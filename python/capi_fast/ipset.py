@@ -135,6 +135,7 @@ class IpsetBackend:
 
     #: ipset's sets are made without timeouts: a sync deletes expired elements.
     timeouts = False
+    grace = 0.0
 
     def load(self, content: Content, now: float | None = None) -> None:
         """Replaces every set's content by a swap, then makes sure the rules are there."""

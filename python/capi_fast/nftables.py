@@ -12,10 +12,11 @@ remediations' sets (say ``captcha``) are for rules of your own.
 
 With ``timeouts`` (the default), every element carries a timeout: the time left until the last
 of its decisions expires (``DecisionIndex.export_until``). The kernel then removes it on its own
-at that moment, even when the daemon is stopped or cannot reach its source; an element whose
-decisions never expire, or last more than a year, has none. ``FirewallSync`` leaves expired
-elements to the kernel rather than deleting them (see ``firewall.settle``). A changed end is a
-delete and an add in the same transaction.
+``grace`` seconds after that moment (120 by default), even when the daemon is stopped or cannot
+reach its source; an element whose decisions never expire, or last more than a year, has none.
+While syncs come more often than the grace, each deletes expired elements itself, so the kernel
+never removes one under a transaction (``FirewallSync`` loads whole after a longer gap). A
+changed end is a delete and an add in the same transaction.
 
 Every change is one ``nft -f`` transaction, which the kernel applies whole or not at all:
 
@@ -75,6 +76,8 @@ class NftablesBackend:
         log_prefix: log matched packets with this prefix (None: no logging).
         timeouts: give each element a timeout from its decisions' expiry (sets get ``flags
             timeout``); False: elements stay until a sync deletes them.
+        grace: seconds an element outlives its decisions in the kernel (at least a few sync
+            intervals: the daemon uses three refresh intervals, 120 s at least).
         command: how to run ``nft``.
     """
 
@@ -88,6 +91,7 @@ class NftablesBackend:
         priority: int = -10,
         log_prefix: str | None = None,
         timeouts: bool = True,
+        grace: float = 120.0,
         command: Sequence[str] = ("nft",),
     ) -> None:
         check_options((table, *remediations), hooks, action)
@@ -104,6 +108,9 @@ class NftablesBackend:
         self.priority = priority
         self.log_prefix = log_prefix
         self.timeouts = bool(timeouts)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 1 <= grace <= 30 * 86400:
+            raise ConfigurationError(f"grace must be between 1 s and 30 days, got {grace!r}")
+        self.grace = float(grace)
         self.command = tuple(command)
 
     def _set(self, remediation: str, family: int, nets: bool = False) -> str:
@@ -113,7 +120,7 @@ class NftablesBackend:
         """`` timeout Ns`` for an element ending at ``end`` (empty: none)."""
         if not self.timeouts or end is None or end - now > MAX_TIMEOUT:
             return ""
-        return f" timeout {max(1, math.ceil(end - now))}s"
+        return f" timeout {max(1, math.ceil(end - now + self.grace))}s"
 
     # -- scripts (pure) --------------------------------------------------------------------------
 
