@@ -54,10 +54,20 @@ def test_bad_files_are_quarantined_and_bad_items_skipped(tmp_path):
     write(inbox.path / "2-garbage.signals", "{not json")
     write(inbox.path / "3-object.signals", '{"whisper": false}')
     write(inbox.path / ".4-in-progress.signals.123.tmp", "[]")
+    os.mkfifo(inbox.path / "5-fifo.signals")  # would block an open() forever
+    os.symlink("/etc/passwd", inbox.path / "6-link.signals")  # not followed
+    bad_scenario = {"whisper": True, "payload": {**good[2].to_payload(""), "scenario": "bad scenario"}}
+    huge = {"whisper": True, "payload": {**good[2].to_payload(""), "message": "x" * (2 << 20)}}
+    write(inbox.path / "7-refused.signals", orjson.dumps([bad_scenario, huge]).decode())
     with closing(Spool(tmp_path / "spool")) as spool:
         report = inbox.drain(spool)
-        assert (report.files, report.signals, report.skipped, report.quarantined) == (1, 2, 4, 2)
-        assert sorted(os.listdir(inbox.path / "quarantine")) == ["2-garbage.signals", "3-object.signals"]
+        assert (report.files, report.signals, report.skipped, report.quarantined) == (2, 2, 6, 4)
+        assert sorted(os.listdir(inbox.path / "quarantine")) == [
+            "2-garbage.signals",
+            "3-object.signals",
+            "5-fifo.signals",
+            "6-link.signals",
+        ]
         assert [p["uuid"] for _, p in spool.oldest(10)] == [good[0].uuid, good[1].uuid]
     assert [p.name for p in inbox.pending()] == [], "the temporary file of a write in progress is not taken"
     with pytest.raises(InvalidSignal):

@@ -74,9 +74,8 @@ class Daemon:
         self._build(self.config)
         try:
             self._build_signals(self.config)
-        except Exception:
-            self.source.close()
-            raise
+        except Exception as e:  # signals must not keep the packet filter from starting
+            log.error("signals are not relayed this run (fix and restart): %s: %s", type(e).__name__, e)
 
     def _build(self, c: DaemonConfig, keep_source: bool = False) -> None:
         """Builds the source, engine and firewall of ``c``; nothing is assigned if one fails."""

@@ -16,9 +16,12 @@ Give the producers write access to the directory (for instance ``chgrp www-data`
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,8 +32,9 @@ import orjson
 
 from capi_fast.errors import InvalidSignal, StorageError
 from capi_fast.files import private_dir, write_atomic
-from capi_fast.signals import Signal
+from capi_fast.signals import Signal, scenario_problem
 from capi_fast.spool import Spool
+from capi_fast.spool_format import MAX_RECORD
 
 __all__ = ["DrainReport", "SignalInbox"]
 
@@ -53,18 +57,27 @@ class DrainReport:
 
 
 def _payload(item: Any) -> tuple[str, bool, dict[str, Any]] | None:
-    """``(uuid, whisper, payload)`` of one dropped item, or None when it is not one."""
+    """``(uuid, whisper, payload)`` of one dropped item, or None when it is not one CAPI takes.
+
+    A signal CAPI refuses would stop the whole batch it goes in, so the checks ``Signal``
+    makes on the way in are made again: the scenario name, the source, the size.
+    """
     if not isinstance(item, dict) or not isinstance(item.get("whisper"), bool):
         return None
     p = item.get("payload")
     if not isinstance(p, dict):
         return None
     uuid, scenario, source, decisions = p.get("uuid"), p.get("scenario"), p.get("source"), p.get("decisions")
-    if not (isinstance(uuid, str) and 0 < len(uuid) <= 128 and isinstance(scenario, str) and scenario):
+    if not (isinstance(uuid, str) and 0 < len(uuid) <= 128) or scenario_problem(scenario) is not None:
         return None
-    if not (isinstance(source, dict) and isinstance(source.get("value"), str) and isinstance(decisions, list)):
+    if not (isinstance(source, dict) and source.get("scope") in ("Ip", "Range") and isinstance(decisions, list)):
         return None
-    if item["whisper"] != (not decisions):
+    try:
+        ipaddress.ip_network(str(source.get("value")), strict=False)
+        size = len(orjson.dumps(p))
+    except (ValueError, TypeError, orjson.JSONEncodeError):
+        return None
+    if item["whisper"] != (not decisions) or size > MAX_RECORD:
         return None
     return uuid, item["whisper"], p
 
@@ -138,20 +151,39 @@ class SignalInbox:
         return DrainReport(len(taken), signals, duplicates, skipped, quarantined)
 
     def _read(self, path: Path) -> list[Any] | None:
-        """The items of one file; None (and the file moved to quarantine/) when it is not a list."""
+        """The items of one file; None (and the file moved to quarantine/) when it is not a list.
+
+        Only regular files are opened (no symlink followed, no FIFO waited on). A file that
+        cannot be read (permissions, I/O) raises ``StorageError`` and stays where it is.
+        """
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
-            doc = orjson.loads(data) if len(data) <= MAX_FILE else None
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return []
-        except (OSError, orjson.JSONDecodeError):
-            doc = None
+        except OSError as e:
+            if e.errno != errno.ELOOP:  # ELOOP: a symlink, which is no signal file
+                raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+            doc: Any = None
+        else:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    doc = None
+                else:
+                    try:
+                        data = f.read(MAX_FILE + 1)
+                    except OSError as e:
+                        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+                    try:
+                        doc = orjson.loads(data) if len(data) <= MAX_FILE else None
+                    except orjson.JSONDecodeError:
+                        doc = None
         if isinstance(doc, list):
             return doc
         quarantine = self.path / "quarantine"
         try:
             quarantine.mkdir(mode=0o700, exist_ok=True)
+            if not stat.S_ISDIR(os.lstat(quarantine).st_mode):
+                raise OSError(f"{quarantine} is not a directory")
             os.replace(path, quarantine / path.name)
         except OSError as e:
             raise StorageError(f"cannot quarantine {path}: {e.strerror or e}") from None
