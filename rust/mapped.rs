@@ -18,7 +18,7 @@
 //!
 //! Opening checks the header, that every section lies inside the file and has a whole number
 //! of items, and the names: O(1) in the number of decisions. Every later read is bounds-checked
-//! ([`Mem`] gives zeros past the end) and every walk bounded, so a damaged or hostile file can
+//! (`Mem` gives zeros past the end) and every walk bounded, so a damaged or hostile file can
 //! give wrong answers (the CRC, checked by [`verify`], tells) but never read out of bounds,
 //! panic or loop.
 
@@ -29,7 +29,8 @@ use crate::parse::{Addr, Net};
 use crate::slot::{Key, NEVER, NO_KEY};
 use std::collections::HashMap;
 
-const MAGIC: &[u8; 8] = b"CAPIFMAP";
+/// The first bytes of a mapped snapshot.
+pub const MAGIC: &[u8; 8] = b"CAPIFMAP";
 /// Format version written by this build.
 pub const VERSION: u32 = 1;
 const HEADER: usize = 32;
@@ -46,10 +47,8 @@ pub fn is_mapped(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
 }
 
-/// Bounds-checked reads of a mapped file (zeros past its end).
-pub trait Mem {
-    /// Bytes in the file.
-    fn size(&self) -> usize;
+/// Bounds-checked reads of a mapped file's bytes (zeros past its end).
+trait Mem {
     /// The `N` bytes at `off` (zeros when they are not all inside the file).
     fn bytes<const N: usize>(&self, off: usize) -> [u8; N];
     /// The byte at `off`.
@@ -68,48 +67,35 @@ pub trait Mem {
     fn u128(&self, off: usize) -> u128 {
         u128::from_le_bytes(self.bytes(off))
     }
-    /// Copies `out.len()` bytes from `off` (zeros past the end).
-    fn copy(&self, off: usize, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = self.u8(off + i);
-        }
-    }
 }
 
 impl Mem for [u8] {
-    fn size(&self) -> usize {
-        self.len()
-    }
     #[inline]
     fn bytes<const N: usize>(&self, off: usize) -> [u8; N] {
-        match off.checked_add(N).and_then(|end| self.get(off..end)) {
-            Some(s) => {
-                let mut a = [0u8; N];
-                a.copy_from_slice(s);
-                a
-            }
-            None => [0u8; N],
+        let mut a = [0u8; N];
+        if let Some(s) = off.checked_add(N).and_then(|end| self.get(off..end)) {
+            a.copy_from_slice(s);
         }
+        a
     }
-    fn copy(&self, off: usize, out: &mut [u8]) {
-        match off.checked_add(out.len()).and_then(|end| self.get(off..end)) {
-            Some(s) => out.copy_from_slice(s),
-            None => out.iter_mut().enumerate().for_each(|(i, b)| *b = self.get(off + i).copied().unwrap_or(0)),
-        }
-    }
+}
+
+/// The `len` bytes at `off`, or None when they are not all inside `m`.
+fn span(m: &[u8], off: usize, len: usize) -> Option<&[u8]> {
+    off.checked_add(len).and_then(|end| m.get(off..end))
 }
 
 /// An address key as stored: its width in bytes and how it reads.
 trait Stored: Bits {
     const WIDTH: usize;
-    fn read(m: &(impl Mem + ?Sized), off: usize) -> Self;
+    fn read(m: &[u8], off: usize) -> Self;
     fn put(self, out: &mut Vec<u8>);
 }
 
 impl Stored for u32 {
     const WIDTH: usize = 4;
     #[inline]
-    fn read(m: &(impl Mem + ?Sized), off: usize) -> u32 {
+    fn read(m: &[u8], off: usize) -> u32 {
         m.u32(off)
     }
     fn put(self, out: &mut Vec<u8>) {
@@ -120,7 +106,7 @@ impl Stored for u32 {
 impl Stored for u128 {
     const WIDTH: usize = 16;
     #[inline]
-    fn read(m: &(impl Mem + ?Sized), off: usize) -> u128 {
+    fn read(m: &[u8], off: usize) -> u128 {
         m.u128(off)
     }
     fn put(self, out: &mut Vec<u8>) {
@@ -364,13 +350,13 @@ pub struct Layout {
     size: usize,
 }
 
-struct NameReader<'a, M: Mem + ?Sized> {
-    m: &'a M,
+struct NameReader<'a> {
+    m: &'a [u8],
     pos: usize,
     end: usize,
 }
 
-impl<M: Mem + ?Sized> NameReader<'_, M> {
+impl NameReader<'_> {
     fn u32(&mut self) -> Result<u32> {
         if self.pos + 4 > self.end {
             return Err(corrupt("names section truncated"));
@@ -389,10 +375,9 @@ impl<M: Mem + ?Sized> NameReader<'_, M> {
             if len > self.end - self.pos {
                 return Err(corrupt("name longer than the section"));
             }
-            let mut b = vec![0u8; len];
-            self.m.copy(self.pos, &mut b);
+            let b = span(self.m, self.pos, len).ok_or_else(|| corrupt("name past the file's end"))?;
             self.pos += len;
-            out.push(String::from_utf8(b).map_err(|_| corrupt("name is not UTF-8"))?);
+            out.push(String::from_utf8(b.to_vec()).map_err(|_| corrupt("name is not UTF-8"))?);
         }
         Ok(out)
     }
@@ -400,8 +385,8 @@ impl<M: Mem + ?Sized> NameReader<'_, M> {
 
 impl Layout {
     /// Checks the header, the section table and the names of a mapped file (not its CRC).
-    pub fn open(m: &(impl Mem + ?Sized)) -> Result<Layout> {
-        let size = m.size();
+    pub fn open(m: &[u8]) -> Result<Layout> {
+        let size = m.len();
         if size < HEADER + SECTIONS * 16 + 4 || m.bytes::<8>(0) != *MAGIC {
             return Err(Error::Snapshot("not a capi_fast mapped snapshot (bad magic or too short)".into()));
         }
@@ -504,7 +489,7 @@ impl Layout {
 
     /// The best key of a slot word at `now`.
     #[inline]
-    fn slot_best(&self, m: &(impl Mem + ?Sized), word: u64, now: u64) -> Key {
+    fn slot_best(&self, m: &[u8], word: u64, now: u64) -> Key {
         let key = |w: u64| {
             let tag = (w & 0xFFFF) as usize;
             if w >> 16 > now {
@@ -522,7 +507,7 @@ impl Layout {
         (at..at.saturating_add(n).min(words)).map(|i| key(m.u64(base + i * 8))).min().unwrap_or(NO_KEY)
     }
 
-    fn best_in<K: Stored>(&self, m: &(impl Mem + ?Sized), f: &FamilyAt, addr: K, now: u64) -> Key {
+    fn best_in<K: Stored>(&self, m: &[u8], f: &FamilyAt, addr: K, now: u64) -> Key {
         let mut best = NO_KEY;
         // Single addresses: the directory narrows the search to the address's /16 (for IPv4).
         let b = addr.top16();
@@ -567,7 +552,7 @@ impl Layout {
     }
 
     /// The best key covering `addr` at `now` (as [`Index`]'s lookups minimise).
-    pub fn best(&self, m: &(impl Mem + ?Sized), addr: Addr, now: u64) -> Key {
+    pub fn best(&self, m: &[u8], addr: Addr, now: u64) -> Key {
         match addr {
             Addr::V4(a) => self.best_in(m, &self.v4, a, now),
             Addr::V6(a) => self.best_in(m, &self.v6, a, now),
@@ -575,7 +560,7 @@ impl Layout {
     }
 
     /// The remediation id answering `addr` at `now`, if any.
-    pub fn lookup(&self, m: &(impl Mem + ?Sized), addr: Addr, now: u64) -> Option<u8> {
+    pub fn lookup(&self, m: &[u8], addr: Addr, now: u64) -> Option<u8> {
         let key = self.best(m, addr, now);
         (key != NO_KEY).then(|| self.rank_rem.get((key >> 16) as usize).copied()).flatten()
     }
@@ -616,13 +601,11 @@ impl Layout {
     }
 
     /// The caller metadata.
-    pub fn metadata(&self, m: &(impl Mem + ?Sized)) -> Vec<u8> {
-        let mut out = vec![0u8; self.metadata.1];
-        m.copy(self.metadata.0, &mut out);
-        out
+    pub fn metadata(&self, m: &[u8]) -> Vec<u8> {
+        span(m, self.metadata.0, self.metadata.1).map_or_else(Vec::new, <[u8]>::to_vec)
     }
 
-    fn each_family<K: Stored>(&self, m: &(impl Mem + ?Sized), f: &FamilyAt, mut push: impl FnMut(Net, u16, u64))
+    fn each_family<K: Stored>(&self, m: &[u8], f: &FamilyAt, mut push: impl FnMut(Net, u16, u64))
     where
         Net: From<(K, u8)>,
     {
@@ -649,7 +632,7 @@ impl Layout {
 
     /// Rebuilds the in-memory index (a writer starting from its snapshot), with the metadata.
     /// Every decision is checked as the index checks its input.
-    pub fn to_index(&self, m: &(impl Mem + ?Sized)) -> Result<(Index, Vec<u8>)> {
+    pub fn to_index(&self, m: &[u8]) -> Result<(Index, Vec<u8>)> {
         let mut ix = Index::new(&self.priorities).map_err(|e| corrupt(&e.to_string()))?;
         let mut tags: HashMap<u16, u16> = HashMap::new();
         let mut ops = Vec::with_capacity(self.prefixes().min(self.decisions as usize));
@@ -710,18 +693,9 @@ impl From<(u128, u8)> for Net {
 }
 
 /// Whether the file's CRC matches its content (reads every byte: O(size)).
-pub fn verify(m: &(impl Mem + ?Sized), layout: &Layout) -> bool {
+pub fn verify(m: &[u8], layout: &Layout) -> bool {
     let body = layout.size - 4;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut at = 0;
-    while at < body {
-        let n = buf.len().min(body - at);
-        m.copy(at, &mut buf[..n]);
-        h.update(&buf[..n]);
-        at += n;
-    }
-    h.finalize() == m.u32(body)
+    span(m, 0, body).is_some_and(|b| crc32fast::hash(b) == m.u32(body))
 }
 
 #[cfg(test)]

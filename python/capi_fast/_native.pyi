@@ -9,6 +9,8 @@ from typing_extensions import Buffer
 
 __version__: str
 SNAPSHOT_VERSION: int
+#: The first bytes of a file ``DecisionIndex.save_mapped`` wrote.
+MAPPED_MAGIC: bytes
 
 AddItem = str | tuple[str] | tuple[str, str] | tuple[str, str, float | None] | tuple[str, str, float | None, str]
 RemoveItem = str | tuple[str] | tuple[str, str | None] | tuple[str, str | None, str | None]

@@ -27,7 +27,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import orjson
 
-from capi_fast._native import DecisionIndex, MappedIndex, ParsedStream, Remediator, parse_stream
+from capi_fast._native import MAPPED_MAGIC, DecisionIndex, MappedIndex, ParsedStream, Remediator, parse_stream
 from capi_fast.client import CapiClient
 from capi_fast.engine_lists import ALLOW, ListBatch, ListPlan, RefreshState, allow_key, state_from
 from capi_fast.errors import CapiError, ConfigurationError, SnapshotError
@@ -696,7 +696,7 @@ def _is_mapped(path: Path) -> bool:
     """Whether the file at ``path`` is in the mapped layout (``DecisionIndex.save_mapped``)."""
     try:
         with open(path, "rb") as f:
-            return f.read(8) == b"CAPIFMAP"
+            return f.read(len(MAPPED_MAGIC)) == MAPPED_MAGIC
     except OSError:
         return False
 

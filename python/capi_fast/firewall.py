@@ -195,17 +195,15 @@ class FirewallSync:
     @property
     def applied(self) -> Content | None:
         """What the last sync put in the sets (None before one, or after a failure)."""
-        if self._exports is None:
-            return None
-        return {key: blocks.content() for key, blocks in self._exports.items()}
+        return None if self._exports is None else _content(self._exports)
 
     def wanted(self) -> Content:
         """What the sets should hold now (with each CIDR's end when the backend times elements out)."""
         ix, now = self._index(), self.clock()
-        if self.backend.timeouts:
-            return {(r, f): ix.export_until(r, family=f, now=now) for r in self.remediations for f in FAMILIES}
         return {
-            (r, f): dict.fromkeys(ix.export_cidrs(r, family=f, now=now)) for r in self.remediations for f in FAMILIES
+            (r, f): ix.export_changes(r, f, now, None, self.backend.timeouts)[0].content()
+            for r in self.remediations
+            for f in FAMILIES
         }
 
     def sync(self, full: bool = False) -> SyncReport:
@@ -231,7 +229,7 @@ class FirewallSync:
                 change.delete[key] = deleted
 
         def content() -> Content:
-            return {key: blocks.content() for key, blocks in exports.items()}
+            return _content(exports)
 
         # Syncs further apart than half the grace: the kernel may have timed elements out (its
         # clock counts from each transaction, seconds after ``now`` for a big one), so a delta's
@@ -246,7 +244,7 @@ class FirewallSync:
         return SyncReport(
             full=full_load,
             added=change.added,
-            deleted=0 if whole else change.deleted,
+            deleted=change.deleted,
             elements=sum(map(len, exports.values())),
             seconds=time.perf_counter() - started,
         )
@@ -270,3 +268,8 @@ class FirewallSync:
         if not same:
             self._exports = None
         return same
+
+
+def _content(exports: dict[tuple[str, int], ExportBlocks]) -> Content:
+    """The sets' content an export gives (CIDR -> end, per set)."""
+    return {key: blocks.content() for key, blocks in exports.items()}

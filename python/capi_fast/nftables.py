@@ -178,7 +178,7 @@ class NftablesBackend:
         now = time.time() if now is None else now
         lines: list[str] = []
         for (rem, fam), cidrs in sorted(change.delete.items()):
-            lines.extend(self._elements("delete", rem, fam, dict.fromkeys(cidrs), now))
+            lines.extend(self._elements("delete", rem, fam, cidrs, now))
         for (rem, fam), added in sorted(change.add.items()):
             lines.extend(self._elements("add", rem, fam, added, now))
         return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ fn map(path: &Path) -> std::io::Result<Mmap> {
     // name, so a mapping keeps the old inode's bytes until it is dropped; README says to
     // restore a snapshot the same way (copy to a temporary name, then rename). The file is
     // 0600, its writer's own. The bytes are only ever read through bounds-checked accessors
-    // (`mapped::Mem`) and nothing writes through the mapping.
+    // (in `mapped`) and nothing writes through the mapping.
     unsafe { Mmap::map(&file) }
 }
 
@@ -54,6 +54,12 @@ impl PyMappedIndex {
         (key != crate::slot::NO_KEY).then_some((key & 0xFFFF) as u16)
     }
 
+    /// The interned name of the remediation answering `addr` at `now`, or None.
+    fn answer(&self, py: Python<'_>, addr: crate::parse::Addr, now: u64) -> Option<Py<PyString>> {
+        let rem = self.layout.lookup(self.bytes(), addr, now)?;
+        self.names.get(rem as usize).map(|n| n.clone_ref(py))
+    }
+
     fn parse(&self, py: Python<'_>, ip: &Bound<'_, PyAny>) -> PyResult<crate::parse::Addr> {
         addr_text(text_of(ip, "ip")?).and_then(parse_addr).map_err(|e| to_py(py, e))
     }
@@ -78,8 +84,7 @@ impl PyMappedIndex {
     #[pyo3(signature = (ip, now = None))]
     fn lookup(&self, py: Python<'_>, ip: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Option<Py<PyString>>> {
         let addr = self.parse(py, ip)?;
-        let rem = self.layout.lookup(self.bytes(), addr, ms(clock(now)?));
-        Ok(rem.and_then(|r| self.names.get(r as usize)).map(|n| n.clone_ref(py)))
+        Ok(self.answer(py, addr, ms(clock(now)?)))
     }
 
     /// `lookup` of each address of a list.
@@ -94,8 +99,7 @@ impl PyMappedIndex {
         let mut out = Vec::with_capacity(ips.len());
         for ip in &ips {
             let addr = self.parse(py, ip)?;
-            let rem = self.layout.lookup(self.bytes(), addr, now);
-            out.push(rem.and_then(|r| self.names.get(r as usize)).map(|n| n.clone_ref(py)));
+            out.push(self.answer(py, addr, now));
         }
         PyList::new(py, out)
     }

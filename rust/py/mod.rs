@@ -32,6 +32,7 @@ pub mod _native {
         use pyo3::types::PyModuleMethods;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("SNAPSHOT_VERSION", crate::snapshot::VERSION)?;
+        m.add("MAPPED_MAGIC", pyo3::types::PyBytes::new(m.py(), crate::mapped::MAGIC))?;
         Ok(())
     }
 }
