@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install build test test-rust test-python lint bench bench-rust demo clean
+.PHONY: install build test test-rust test-python lint bench bench-rust demo docs clean
 
 install: $(STAMP)
 
@@ -56,5 +56,11 @@ bench-rust:
 demo: build
 	$(BIN)/capi-fast demo
 
+# The documentation site (docs/, mkdocs.yml) into site/. --strict: a broken link or reference, or
+# a docstring that does not render, fails the build.
+docs: build
+	$(BIN)/python -m pip install -q "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "mkdocstrings[python]>=0.26,<2"
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
 clean:
-	rm -rf $(VENV) target python/capi_fast/_native*.so
+	rm -rf $(VENV) target site dist python/capi_fast/_native*.so
