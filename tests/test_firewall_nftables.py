@@ -249,13 +249,13 @@ def test_switching_timeouts_on_redeclares_the_sets(net):
     assert fw.check() and not net.connects("10.77.0.3", timeout=1.0)
 
 
-def test_the_readme_shows_the_table_this_backend_makes(net):
+def test_the_documentation_shows_the_table_this_backend_makes(net):
     import re
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    shown = re.search(r"^```text\n(table inet capi_fast \{.*?)^```", readme.read_text(), flags=re.S | re.M)
-    assert shown, "README lost its nft listing"
+    page = Path(__file__).resolve().parent.parent / "docs" / "firewall.md"
+    shown = re.search(r"^```text\n(table inet capi_fast \{.*?)^```", page.read_text(), flags=re.S | re.M)
+    assert shown, "docs/firewall.md lost its nft listing"
     now = 1_800_000_000.0
     ix = DecisionIndex()
     ix.add("203.0.113.7", ttl=4 * 3600, now=now)

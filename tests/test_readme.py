@@ -1,12 +1,16 @@
-"""Every code example in README.md runs as written, against the bundled simulator.
+"""Every code example in README.md and in the documentation (docs/*.md) runs as written.
 
-The Python blocks run in order in one namespace (a later block uses the client an earlier one
-made), with top-level ``await`` allowed; a line ending in ``# -> <literal>`` must evaluate to
-that literal. The only changes to the text: CAPI's default URL is the simulator's, and
-``/var/lib/mywaf`` is a temporary directory. The command-line block runs line by line in a
-shell, with ``CAPI_FAST_URL`` and ``CAPI_FAST_HOME`` set; a pipe into ``nft`` runs in a network
+Each file's Python blocks run in order in one namespace of their own (a later block uses the
+client an earlier one made, and every page is self-contained for a reader who copies it), with
+top-level ``await`` allowed, against the bundled simulator; a line ending in ``# -> <literal>``
+must evaluate to that literal. The only changes to the text: CAPI's default URL is the
+simulator's, ``/var/lib/mywaf`` is a temporary directory, and the LAPI at
+``http://127.0.0.1:8080/`` is a fake one. The command-line block runs line by line in a shell,
+with ``CAPI_FAST_URL`` and ``CAPI_FAST_HOME`` set; a pipe into ``nft`` runs in a network
 namespace the test creates (never the host's rules), and ``simulate``, which serves until
-stopped, is stopped once it says where it listens.
+stopped, is stopped once it says where it listens. Every daemon configuration (TOML) shown must
+load. Blocks that are deliberately not runnable use another fence (``toml``, ``ini``,
+``console``, ``text``, ``py``).
 """
 
 from __future__ import annotations
@@ -25,19 +29,37 @@ from typing import Any
 import httpx
 import pytest
 
-from capi_fast import RemediationEngine
+from capi_fast import RefreshReport, RemediationEngine
+from capi_fast.batcher import SignalBatcher
 from capi_fast.client import _BaseClient
 from capi_fast.testing import CapiSimulator
 from servers import FakeLapi, uvicorn_serving, waitress_serving
 
 TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+#: README.md and every page of the documentation site.
+DOCUMENTS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 RESULT = re.compile(r"^(?P<expr>\S.*?)\s+# -> (?P<value>.+?)(?:\s{2,}\(.*\))?$")
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def blocks(language: str, document: Path = README) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", document.read_text(), flags=re.S | re.M)
+
+
+def _name(document: Path) -> str:
+    return str(document.relative_to(ROOT))
+
+
+def _cli_block(document: Path) -> str | None:
+    found = [b for b in blocks("sh", document) if "capi-fast register" in b or "capi-fast --scenario" in b]
+    assert len(found) <= 1, f"{_name(document)}: one command-line block at most"
+    return found[0] if found else None
+
+
+WITH_PYTHON = [d for d in DOCUMENTS if blocks("python", d)]
+WITH_CLI = [d for d in DOCUMENTS if _cli_block(d) is not None]
 
 
 def with_checks(code: str) -> str:
@@ -70,7 +92,15 @@ def lapi():
         yield fake
 
 
-def test_python_examples_run_as_written(sim, lapi, tmp_path, monkeypatch):
+def test_the_documents_hold_their_examples():
+    assert README in WITH_PYTHON, "README keeps its short example"
+    assert len(WITH_PYTHON) >= 6, [_name(d) for d in WITH_PYTHON]
+    assert sum(len(blocks("python", d)) for d in DOCUMENTS) >= 12
+    assert len(WITH_CLI) == 1, "the command-line block lives on one page"
+
+
+@pytest.mark.parametrize("document", WITH_PYTHON, ids=_name)
+def test_python_examples_run_as_written(document, sim, lapi, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
     import django_app  # noqa: F401 - Django's settings, which a real project's wsgi.py has
@@ -78,19 +108,24 @@ def test_python_examples_run_as_written(sim, lapi, tmp_path, monkeypatch):
     defaults = dict(_BaseClient.__init__.__kwdefaults__ or {})
     monkeypatch.setattr(_BaseClient.__init__, "__kwdefaults__", {**defaults, "base_url": sim.url})
     namespace: dict[str, Any] = {"__name__": "readme"}
-    found = blocks("python")
-    assert len(found) >= 5
+    signals_before = len(sim.signals)
     try:
-        for number, code in enumerate(found, 1):
+        for number, code in enumerate(blocks("python", document), 1):
             code = code.replace("/var/lib/mywaf", str(tmp_path / "mywaf"))
             code = code.replace("http://127.0.0.1:8080/", lapi.url).replace("from cscli bouncers add", FakeLapi.KEY)
-            compiled = compile(with_checks(code), f"README python block {number}", "exec", flags=TOP_LEVEL_AWAIT)
-            result = eval(compiled, namespace)  # noqa: S307 - the project's own README
+            where = f"{_name(document)} python block {number}"
+            compiled = compile(with_checks(code), where, "exec", flags=TOP_LEVEL_AWAIT)
+            result = eval(compiled, namespace)  # noqa: S307 - the project's own documentation
             if asyncio.iscoroutine(result):
                 asyncio.run(result)
-        assert namespace["report"].performed
-        assert sim.signals, "the batcher example delivered its signals"
-        _middleware_examples_protect_their_apps(namespace)
+        reports = [v for v in namespace.values() if isinstance(v, RefreshReport)]
+        assert all(r.performed for r in reports), reports
+        if any(isinstance(v, SignalBatcher) for v in namespace.values()):
+            own = namespace.get("sim")  # a page that starts a simulator of its own
+            delivered = len(own.signals) if isinstance(own, CapiSimulator) else len(sim.signals) - signals_before
+            assert delivered > 0, "the batcher example delivered its signals"
+        if "app" in namespace and "flask_app" in namespace:
+            _middleware_examples_protect_their_apps(namespace)
     finally:
         for value in namespace.values():
             if isinstance(value, RemediationEngine):
@@ -124,8 +159,10 @@ def _netns() -> str | None:
     return name
 
 
-def test_command_line_example_runs_as_written(sim, tmp_path):
-    (cli_block,) = [b for b in blocks("sh") if "capi-fast register" in b or "capi-fast --scenario" in b]
+@pytest.mark.parametrize("document", WITH_CLI, ids=_name)
+def test_command_line_example_runs_as_written(document, sim, tmp_path):
+    cli_block = _cli_block(document)
+    assert cli_block is not None
     env = {
         **os.environ,
         "CAPI_FAST_URL": sim.url,
@@ -167,16 +204,30 @@ def _serves_until_stopped(command: str, env: dict[str, str]) -> None:
         child.wait(30)
 
 
-def test_daemon_configuration_example_is_valid(tmp_path):
+def test_daemon_configuration_examples_are_valid(tmp_path):
     from capi_fast.daemon_config import load_config
 
-    (block,) = blocks("toml")
     key = tmp_path / "lapi.key"
     key.write_text("a-bouncer-key")
     key.chmod(0o600)
-    config = tmp_path / "config.toml"
-    config.write_text(block.replace("/etc/capi-fast/lapi.key", str(key)))
-    loaded = load_config(config)
+    shown = [(d, b) for d in DOCUMENTS for b in blocks("toml", d)]
+    assert shown, "the daemon's configuration is shown somewhere"
+    main = []
+    for number, (document, block) in enumerate(shown):
+        config = tmp_path / f"config-{number}.toml"
+        config.write_text(block.replace("/etc/capi-fast/lapi.key", str(key)))
+        try:
+            loaded = load_config(config)
+        except Exception as e:
+            raise AssertionError(f"{_name(document)}: {e}") from e
+        if loaded.firewall.backend == "nftables" and loaded.signals.inbox is not None:
+            main.append(loaded)
+    (loaded,) = main
     assert loaded.lapi_url == "http://127.0.0.1:8080/" and loaded.api_key == "a-bouncer-key"
     assert loaded.firewall.backend == "nftables" and loaded.firewall.hooks == ("input",)
     assert str(loaded.signals.inbox) == "/var/lib/capi-fast/inbox"
+
+
+def test_the_operations_page_shows_the_systemd_unit_as_shipped():
+    (shown,) = blocks("ini", ROOT / "docs" / "operations.md")
+    assert shown == (ROOT / "contrib" / "capi-fast.service").read_text()

@@ -75,27 +75,33 @@ class CapiClient(_BaseClient):
     """The synchronous CAPI client.
 
     Args:
-        user_agent: your product and version (``mywaf/2.1``); sent as ``mywaf/2.1 capi-fast/<v>``,
-            and the name and version the CAPI metrics report.
-        scenarios: the scenarios your software detects, at least one (``signals.SCENARIO_RE``:
-            php-common's rule; names outside the guide's lowercase convention are warned about once).
-        storage: where credentials and token live (default: memory only).
-        machine_id_prefix: up to 16 ``[a-z0-9]``; fixed once chosen.
-        base_url: ``PROD_URL`` by default; ``DEV_URL`` or a ``CapiSimulator.url``.
-        api_version: ``v3`` (SDK shapes) or ``v2`` (crowdsec 1.4 shapes); by default the one
-            ``base_url`` ends with, else ``v3``.
-        timeout: seconds per HTTP call.
-        retries: retries of a transient failure (so ``retries + 1`` attempts).
-        backoff: first backoff in seconds; doubles per attempt up to ``max_backoff``, with jitter.
-        max_backoff: longest backoff.
-        max_retry_after: a 429 asking to wait longer than this raises ``RateLimitError`` at once.
-        renew_before: seconds before expiry at which the token is renewed.
-        reset_credentials: allow new credentials when the prefix or endpoint changed.
-        metrics_interval: seconds between automatic CAPI metrics pushes (the first follows the
-            first login); None turns them off.
-        clock: Unix time source (tests pass a controllable one).
         transport: an httpx transport (tests, proxies, custom TLS).
         sleep: how to wait between retries (tests pass a recorder).
+        **config: the client's settings, all keyword-only: see "Other Parameters".
+
+    Other Parameters:
+        user_agent (str): your product and version (``mywaf/2.1``); sent as
+            ``mywaf/2.1 capi-fast/<v>``, and the name and version the CAPI metrics report. Required.
+        scenarios (Sequence[str]): the scenarios your software detects, at least one
+            (``signals.SCENARIO_RE``: php-common's rule; names outside the guide's lowercase
+            convention are warned about once). Required.
+        storage (Storage | None): where credentials and token live (default None: memory only).
+        machine_id_prefix (str): up to 16 ``[a-z0-9]``; fixed once chosen (default none).
+        base_url (str): ``PROD_URL`` by default; ``DEV_URL`` or a ``CapiSimulator.url``.
+        api_version (str | None): ``v3`` (SDK shapes) or ``v2`` (crowdsec 1.4 shapes); by default
+            the one ``base_url`` ends with, else ``v3``.
+        timeout (float): seconds per HTTP call (30).
+        retries (int): retries of a transient failure, so ``retries + 1`` attempts (4).
+        backoff (float): first backoff in seconds (0.5); doubles per attempt up to
+            ``max_backoff``, with jitter.
+        max_backoff (float): longest backoff (30).
+        max_retry_after (float): a 429 asking to wait longer than this raises ``RateLimitError``
+            at once (120).
+        renew_before (float): seconds before expiry at which the token is renewed (60).
+        reset_credentials (bool): allow new credentials when the prefix or endpoint changed.
+        metrics_interval (float | None): seconds between automatic CAPI metrics pushes (the
+            first follows the first login; default 30 min); None turns them off.
+        clock (Callable[[], float]): Unix time source (tests pass a controllable one).
     """
 
     def __init__(

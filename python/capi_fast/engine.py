@@ -710,8 +710,14 @@ class RemediationEngine(_Engine[CapiClient | LapiClient]):
         fallback: what an unknown decision type becomes (default captcha, as CrowdSec's PHP engine).
         bouncing_level: ``normal``; ``flex`` (ban becomes captcha); ``disabled`` (always bypass).
         min_interval: seconds between refreshes (default: the vendor's 2 hours for CAPI, none for LAPI).
-        snapshot_path: where to save the index and stream state after each refresh.
+        snapshot_path: where to save the index and stream state after each refresh (and load
+            them from at start).
         clock: Unix time source.
+        max_staleness: seconds without a good refresh after which ``stale_action`` answers
+            (None, the default: the last good decisions answer however old they are).
+        stale_action: ``bypass`` (fail open, default), or a remediation (fail closed).
+        metrics_interval: seconds between usage-metrics pushes to a LAPI source (default 30
+            min, at least 10 min; 0 turns them off). The background refresh pushes them.
     """
 
     def refresh_decisions(self, force: bool = False) -> RefreshReport:

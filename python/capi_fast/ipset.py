@@ -58,7 +58,9 @@ class IpsetBackend:
             empty: sets only (your rules use them).
         action: ``drop`` or ``reject``.
         log_prefix: a ``LOG`` rule with this prefix before each drop rule (None: no logging).
-        ipset, iptables, ip6tables: how to run the tools.
+        ipset: how to run ``ipset`` (e.g. ``("ip", "netns", "exec", "fw", "ipset")``).
+        iptables: how to run ``iptables``.
+        ip6tables: how to run ``ip6tables``.
     """
 
     def __init__(

@@ -127,17 +127,29 @@ class LapiClient(_LapiRules):
     Args:
         base_url: the LAPI, e.g. ``http://127.0.0.1:8080/``.
         api_key: a bouncer key from ``cscli bouncers add``; never logged.
-        user_agent: your product and version.
-        timeout: seconds per HTTP call.
-        startup_timeout: seconds a startup pull (every decision) may take to answer (300; a
-            LAPI holding a million decisions takes tens of seconds).
-        retries: retries of a transient failure.
-        scopes: decision scopes to pull (default ``ip`` and ``range``, as crowdsec's bouncers).
-        origins: only decisions of these origins (e.g. ``crowdsec``, ``cscli``, ``CAPI``); all if empty.
-        scenarios_containing: only decisions whose scenario contains one of these words.
-        scenarios_not_containing: no decision whose scenario contains one of these words.
         transport: an httpx transport.
         sleep: how to wait between retries.
+        **config: the other settings, all keyword-only: see "Other Parameters".
+
+    Other Parameters:
+        user_agent (str): your product and version (default ``capi-fast-bouncer``).
+        timeout (float): seconds per HTTP call (10).
+        startup_timeout (float): seconds a startup pull (every decision) may take to answer (300;
+            a LAPI holding a million decisions takes tens of seconds).
+        retries (int): retries of a transient failure (2).
+        backoff (float): first backoff in seconds (0.5), doubling up to ``max_backoff``.
+        max_backoff (float): longest backoff (30).
+        max_retry_after (float): a 429 asking to wait longer than this raises
+            ``RateLimitError`` at once (120).
+        clock (Callable[[], float]): Unix time source.
+        scopes (Sequence[str]): decision scopes to pull (default ``ip`` and ``range``, as
+            crowdsec's bouncers).
+        origins (Sequence[str]): only decisions of these origins (e.g. ``crowdsec``, ``cscli``,
+            ``CAPI``); all if empty.
+        scenarios_containing (Sequence[str]): only decisions whose scenario contains one of
+            these words.
+        scenarios_not_containing (Sequence[str]): no decision whose scenario contains one of
+            these words.
     """
 
     def __init__(
