@@ -57,6 +57,18 @@ lint: build
 bench: build bench-rust
 	BENCH_N=1000000 $(BIN)/pytest benches -q --benchmark-only --benchmark-columns=mean,ops,rounds -p no:randomly
 
+# The stable-ABI build against the build for this one interpreter, side by side in one run
+# (benches/compare_builds.py): each wheel in a venv of its own, the hot paths timed in alternation.
+bench-abi3: install
+	rm -rf .venv-bench dist-bench
+	$(BIN)/maturin build --release --quiet --out dist-bench/abi3
+	$(BIN)/maturin build --release --quiet --no-default-features --out dist-bench/specific
+	for b in abi3 specific; do \
+		$(PYTHON) -m venv .venv-bench/$$b && .venv-bench/$$b/bin/python -m pip install -q dist-bench/$$b/*.whl || exit 1; \
+	done
+	BENCH_N=1000000 $(BIN)/python benches/compare_builds.py \
+		specific=.venv-bench/specific/bin/python abi3=.venv-bench/abi3/bin/python --rounds 6
+
 # criterion benches of the crate alone (no Python): build, lookup, parse+lookup, batch codes.
 bench-rust:
 	BENCH_N=1000000 cargo bench --bench index
@@ -71,4 +83,4 @@ docs: build
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
-	rm -rf $(VENV) .venv-wheel target site dist python/capi_fast/_native*.so
+	rm -rf $(VENV) .venv-wheel .venv-bench dist-bench target site dist python/capi_fast/_native*.so
