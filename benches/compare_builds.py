@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,9 +41,10 @@ def main() -> None:
     parser.add_argument("builds", nargs=2, metavar="NAME=PYTHON")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    builds = [tuple(b.split("=", 1)) for b in args.builds]
-    if any(len(b) != 2 for b in builds):
+    if any("=" not in b for b in args.builds):
         parser.error("each build is NAME=PYTHON")
+    # abspath, not resolve(): a venv's python is a symlink out of the venv.
+    builds = [(name, os.path.abspath(python)) for name, python in (b.split("=", 1) for b in args.builds)]
     samples: dict[str, dict[str, list[float]]] = {name: {k: [] for k in LABELS} for name, _ in builds}
     natives: dict[str, str] = {}
     for r in range(args.rounds):
