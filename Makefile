@@ -6,23 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install build test test-rust test-python lint bench bench-rust demo docs clean
+.PHONY: install build wheel test test-rust test-python test-wheel lint bench bench-rust bench-abi3 demo docs clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile requirements/dev.txt requirements/test.txt requirements/peers-no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "hypothesis>=6.100" "pytest-benchmark>=4" \
-		"ruff>=0.6" "mypy>=1.10" typing_extensions pytricia py-radix "httpx>=0.27" "orjson>=3.9"
-	# cscapi (the benchmark's peer) pins httpx 0.26; its signal path never uses httpx, so it is
-	# installed without that pin and our client is tested on current httpx.
-	$(BIN)/python -m pip install -q --no-deps "cscapi==0.7.0"
-	$(BIN)/python -m pip install -q sqlalchemy python-dateutil dacite importlib-metadata pyjwt more-itertools
-	# Real servers and frameworks for the middleware tests and benchmark; pycrowdsec is the
-	# benchmark's peer (its Flask middleware).
-	$(BIN)/python -m pip install -q "uvicorn>=0.30" "starlette>=0.37" "fastapi>=0.110" "flask>=3" "gunicorn>=22" \
-		"django>=5" "waitress>=3" "websockets>=12" "pycrowdsec==0.0.5"
+	$(BIN)/python -m pip install -q -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements/peers-no-deps.txt
 	touch $(STAMP)
 
 # Built .so files are git-ignored; remove the old one so a failed build cannot leave it in use.
@@ -33,10 +25,26 @@ build: install
 test-rust: install
 	cargo test --release --quiet
 
+# The suite against the in-tree build (quick, for development).
 test-python: build
 	$(BIN)/pytest -q --benchmark-disable
 
-test: test-rust test-python
+# One wheel for CPython 3.11 and later (stable ABI, cp311-abi3), built from the sdist, so the
+# sdist is known to build from scratch. Both land in dist/. The wheel is tagged manylinux_2_34
+# (any x86_64 Linux with glibc 2.34+); maturin refuses the build if it needs a newer symbol (built
+# through pip it would otherwise be tagged plain linux, which PyPI refuses).
+wheel: install
+	rm -rf dist
+	$(BIN)/maturin sdist --out dist
+	MATURIN_PEP517_ARGS="--compatibility manylinux_2_34" \
+		$(BIN)/python -m pip wheel -q --no-deps --wheel-dir dist dist/capi_fast-*.tar.gz
+
+# The suite against that wheel installed in a fresh venv per CPython (3.11, 3.12, 3.13 where the
+# machine has them; PYTHONS="3.12" to choose).
+test-wheel: wheel
+	scripts/test-wheel
+
+test: test-rust test-wheel
 
 lint: build
 	$(BIN)/ruff check python tests benches
@@ -49,6 +57,18 @@ lint: build
 bench: build bench-rust
 	BENCH_N=1000000 $(BIN)/pytest benches -q --benchmark-only --benchmark-columns=mean,ops,rounds -p no:randomly
 
+# The stable-ABI build against the build for this one interpreter, side by side in one run
+# (benches/compare_builds.py): each wheel in a venv of its own, the hot paths timed in alternation.
+bench-abi3: install
+	rm -rf .venv-bench dist-bench
+	$(BIN)/maturin build --release --quiet --out dist-bench/abi3
+	$(BIN)/maturin build --release --quiet --no-default-features --out dist-bench/specific
+	for b in abi3 specific; do \
+		$(PYTHON) -m venv .venv-bench/$$b && .venv-bench/$$b/bin/python -m pip install -q dist-bench/$$b/*.whl || exit 1; \
+	done
+	BENCH_N=1000000 $(BIN)/python benches/compare_builds.py \
+		specific=.venv-bench/specific/bin/python abi3=.venv-bench/abi3/bin/python --rounds 6
+
 # criterion benches of the crate alone (no Python): build, lookup, parse+lookup, batch codes.
 bench-rust:
 	BENCH_N=1000000 cargo bench --bench index
@@ -59,8 +79,8 @@ demo: build
 # The documentation site (docs/, mkdocs.yml) into site/. --strict: a broken link or reference, or
 # a docstring that does not render, fails the build.
 docs: build
-	$(BIN)/python -m pip install -q "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "mkdocstrings[python]>=0.26,<2"
+	$(BIN)/python -m pip install -q -r requirements/docs.txt
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
-	rm -rf $(VENV) target site dist python/capi_fast/_native*.so
+	rm -rf $(VENV) .venv-wheel .venv-bench dist-bench target site dist python/capi_fast/_native*.so
