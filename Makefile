@@ -80,7 +80,7 @@ demo: build
 # a docstring that does not render, fails the build.
 docs: build
 	$(BIN)/python -m pip install -q -r requirements/docs.txt
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
 	rm -rf $(VENV) .venv-wheel .venv-bench dist-bench target site dist python/capi_fast/_native*.so
