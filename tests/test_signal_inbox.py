@@ -4,7 +4,9 @@ sending them to CAPI (the simulator over loopback); nothing lost across a stop w
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from contextlib import closing
 
 import orjson
@@ -136,3 +138,45 @@ def test_signals_settings_are_checked(tmp_path):
     config = write(tmp_path / "c.toml", "[source]\ncapi = true\n[signals]\ninbox = 3\n")
     done = subprocess.run([*CAPI_FAST, "run", "--config", str(config)], capture_output=True, text=True)
     assert done.returncode == 2 and "signals.inbox must be a directory path" in done.stderr
+
+
+DRAIN_WITHOUT_DAC_OVERRIDE = """
+import dataclasses, json, sys
+from contextlib import closing
+from capi_fast import SignalInbox
+from capi_fast.spool import Spool
+inbox = SignalInbox(sys.argv[1])
+with closing(Spool(sys.argv[2])) as spool:
+    first = inbox.drain(spool)
+    spool.ack([seq for seq, _ in spool.oldest(100)])  # sent to CAPI meanwhile
+    second = inbox.drain(spool)
+    print(json.dumps([dataclasses.asdict(first), dataclasses.asdict(second), len(spool)]))
+"""
+
+
+def test_a_file_not_readable_or_not_deletable_neither_stops_the_drain_nor_is_sent_twice(tmp_path):
+    """As under the systemd unit: root without CAP_DAC_OVERRIDE (and here without
+    CAP_DAC_READ_SEARCH either), an inbox directory it cannot write, a file it cannot read."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and util-linux's setpriv to drop the capabilities")
+    inbox = SignalInbox(tmp_path / "inbox")
+    unreadable = inbox.drop(signals(2))  # oldest: it used to stop every later file
+    readable = inbox.drop(signals(2, start=10))
+    assert unreadable is not None and readable is not None
+    os.chown(unreadable, 65534, 65534)  # someone else's 0600 file
+    os.chmod(readable, 0o644)
+    os.chown(inbox.path, 65534, 65534)  # a directory the daemon cannot write: no delete
+    os.chmod(inbox.path, 0o755)
+    done = subprocess.run(
+        [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
+         DRAIN_WITHOUT_DAC_OVERRIDE, str(inbox.path), str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, second, queued = orjson.loads(done.stdout)
+    assert (first["files"], first["signals"], first["unreadable"], first["undeletable"]) == (1, 3, 1, 1)
+    assert (second["files"], second["signals"], second["unreadable"], second["undeletable"]) == (0, 0, 1, 0)
+    assert queued == 0, "a file taken in but not deleted is not taken again after its signals were sent"
+    assert "cannot delete" in done.stderr and "left in place" in done.stderr
+    assert unreadable.exists() and readable.exists()

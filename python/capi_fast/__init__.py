@@ -6,7 +6,7 @@ decision covering the address; ``capi_fast.reference`` is its pure-Python twin.
 
 from __future__ import annotations
 
-from capi_fast._native import BatchResult, DecisionIndex
+from capi_fast._native import BatchResult, DecisionIndex, ExportBlocks, MappedIndex
 from capi_fast._native import __version__ as __version__
 from capi_fast.async_engine import AsyncRemediationEngine
 from capi_fast.client import DEV_URL, PROD_URL, AsyncCapiClient, CapiClient
@@ -50,12 +50,14 @@ __all__ = [
     "ConfigurationError",
     "Credentials",
     "DecisionIndex",
+    "ExportBlocks",
     "FileStorage",
     "InvalidDecision",
     "InvalidIP",
     "InvalidMetrics",
     "InvalidSignal",
     "LapiClient",
+    "MappedIndex",
     "MemoryStorage",
     "RateLimitError",
     "Health",

@@ -7,15 +7,19 @@ temporary name, fsync, rename), and the daemon's ``drain`` moves the files' sign
 spool, makes the spool durable (one fsync), and only then deletes the files. A crash at any
 point loses nothing: a file drained twice adds nothing (the spool keeps one record per uuid
 while it waits). A file that is not a list of signals is moved to ``quarantine/`` and counted;
-a bad item in a good file is skipped and counted, the rest delivered.
+a bad item in a good file is skipped and counted, the rest delivered. A file that cannot be
+read stays where it is, counted and logged, and the drain goes on with the others.
 
-Give the producers write access to the directory (for instance ``chgrp www-data`` and mode
-2770); the files they write are theirs, mode 0600, and the daemon (root) reads them.
+The daemon must be able to delete the files: it owns the directory, and the producers get
+write access through its group (for instance ``chgrp www-data`` and mode 2770); the files they
+write are theirs, mode 0600, and the daemon reads them (under the systemd unit, root with
+``CAP_DAC_READ_SEARCH``). A file taken in but not deletable is not taken again by this process
+(its signals may have been sent meanwhile) and is logged at ERROR; after a restart it is taken
+once more, so fix the directory's permissions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -54,6 +58,8 @@ class DrainReport:
     duplicates: int  # signals whose uuid was already waiting
     skipped: int  # items that were not signals
     quarantined: int  # files moved to quarantine/
+    unreadable: int = 0  # files left in place: they could not be read (logged)
+    undeletable: int = 0  # files taken in that could not be deleted (logged; not taken again)
 
 
 def _payload(item: Any) -> tuple[str, bool, dict[str, Any]] | None:
@@ -91,6 +97,9 @@ class SignalInbox:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = private_dir(path, "the signal inbox")
+        # Files taken in whose deletion failed: name -> identity when taken. Left out of later
+        # drains while the same file is there (its signals may have been sent since).
+        self._kept: dict[str, tuple[int, int, int, int]] = {}
 
     def drop(self, signals: Iterable[Signal]) -> Path | None:
         """Hands ``signals`` to the sender: one file, written atomically. None when there are none.
@@ -111,11 +120,23 @@ class SignalInbox:
         return path
 
     def pending(self) -> list[Path]:
-        """The files waiting, oldest first (temporary files of writes in progress aside)."""
+        """The files waiting, oldest first (temporary files of writes in progress aside).
+
+        A file this inbox already took in but could not delete is not waiting.
+        """
         try:
             names = sorted(n for n in os.listdir(self.path) if n.endswith(SUFFIX) and not n.startswith("."))
         except OSError as e:
             raise StorageError(f"cannot list the signal inbox {self.path}: {e.strerror or e}") from None
+        if self._kept:
+            for name in list(self._kept):
+                try:
+                    same = _identity(os.lstat(self.path / name)) == self._kept[name]
+                except OSError:
+                    same = False
+                if not same:  # deleted or replaced since: forget it
+                    del self._kept[name]
+            names = [n for n in names if n not in self._kept]
         return [self.path / n for n in names]
 
     def drain(self, spool: Spool, max_files: int = 1000) -> DrainReport:
@@ -125,10 +146,15 @@ class SignalInbox:
             StorageError: the spool could not take or keep them; the files not yet deleted stay
                 for the next drain (what reached the spool is not added twice).
         """
-        taken: list[Path] = []
-        signals = duplicates = skipped = quarantined = 0
+        taken: list[tuple[Path, tuple[int, int, int, int] | None]] = []
+        signals = duplicates = skipped = quarantined = unreadable = undeletable = 0
         for path in self.pending()[:max_files]:
-            items = self._read(path)
+            try:
+                items, identity = self._read(path)
+            except StorageError as e:  # the file stays; the others are still taken in
+                unreadable += 1
+                log.error("signal inbox: %s (left in place)", e)
+                continue
             if items is None:
                 quarantined += 1
                 continue
@@ -140,33 +166,50 @@ class SignalInbox:
                     signals += 1
                 else:
                     duplicates += 1
-            taken.append(path)
+            taken.append((path, identity))
         if taken:
             spool.sync()
-            for path in taken:
-                with contextlib.suppress(FileNotFoundError):
+            for path, identity in taken:
+                try:
                     path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    undeletable += 1
+                    if identity is not None:
+                        self._kept[path.name] = identity
+                    log.error(
+                        "signal inbox: cannot delete %s after taking its signals in (%s): not taken again by "
+                        "this process, but once more after a restart; the daemon needs write access to %s",
+                        path,
+                        e.strerror or e,
+                        self.path,
+                    )
         if skipped or quarantined:
             log.warning("signal inbox %s: %d items skipped, %d files quarantined", self.path, skipped, quarantined)
-        return DrainReport(len(taken), signals, duplicates, skipped, quarantined)
+        return DrainReport(len(taken), signals, duplicates, skipped, quarantined, unreadable, undeletable)
 
-    def _read(self, path: Path) -> list[Any] | None:
-        """The items of one file; None (and the file moved to quarantine/) when it is not a list.
+    def _read(self, path: Path) -> tuple[list[Any] | None, tuple[int, int, int, int] | None]:
+        """The items of one file and its identity; no items when the file is not a list.
 
+        Such a file is moved to quarantine/.
         Only regular files are opened (no symlink followed, no FIFO waited on). A file that
         cannot be read (permissions, I/O) raises ``StorageError`` and stays where it is.
         """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            return []
+            return [], None
         except OSError as e:
             if e.errno != errno.ELOOP:  # ELOOP: a symlink, which is no signal file
                 raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
             doc: Any = None
+            identity = None
         else:
             with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                st = os.fstat(f.fileno())
+                identity = _identity(st)
+                if not stat.S_ISREG(st.st_mode):
                     doc = None
                 else:
                     try:
@@ -178,7 +221,7 @@ class SignalInbox:
                     except orjson.JSONDecodeError:
                         doc = None
         if isinstance(doc, list):
-            return doc
+            return doc, identity
         quarantine = self.path / "quarantine"
         try:
             quarantine.mkdir(mode=0o700, exist_ok=True)
@@ -187,4 +230,9 @@ class SignalInbox:
             os.replace(path, quarantine / path.name)
         except OSError as e:
             raise StorageError(f"cannot quarantine {path}: {e.strerror or e}") from None
-        return None
+        return None, None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file from another under the same name."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
