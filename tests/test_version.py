@@ -34,3 +34,16 @@ def test_the_changelog_has_a_section_for_this_version():
     assert "## Unreleased" in text
     versions = re.findall(r"^## (\d+\.\d+\.\d+) - \d{4}-\d{2}-\d{2}$", text, flags=re.M)
     assert versions and versions[0] == capi_fast.__version__, "the newest section is the current version"
+
+
+def test_the_pythons_said_supported_are_the_ones_tested():
+    """pyproject's classifiers, the wheel tests' default and README name the same CPythons."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    versions = [c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if re.fullmatch(r".* :: Python :: 3\.\d+", c)]
+    classified = sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
+    tested = re.search(r'^PYTHONS=\$\{PYTHONS:-"([^"]+)"\}$', (ROOT / "scripts" / "test-wheel").read_text(), flags=re.M)
+    assert tested is not None
+    assert classified == tested[1].split()
+    assert project["requires-python"] == f">={classified[0]}"
+    readme = (ROOT / "README.md").read_text()
+    assert f"CPython {', '.join(classified[:-1])} and {classified[-1]}" in readme
