@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import orjson
 import pytest
 
 from capi_fast import CapiClient, FileStorage, MemoryStorage, Signal
@@ -333,3 +334,68 @@ def test_both_twins_flush_with_a_deadline_and_keep_the_rest(sim, twin):
         left = asyncio.run(main())
     assert left == 350, "one call of 250 went, the rest waited"
     assert signal_calls(sim) == [200, 200, 200] and len(sim.signals) == 600, "three calls, nothing twice"
+
+
+def _refused_payload(good: Signal) -> dict:
+    """A signal CAPI refuses (a scenario outside its naming rule), put in the spool directly as an
+    older release or a hand-edited spool could have."""
+    return {**good.to_payload(""), "uuid": "refused-0001", "scenario": "MyWaf/Not Allowed"}
+
+
+@pytest.mark.parametrize("twin", ["thread", "asyncio"])
+def test_a_batch_capi_refuses_is_split_until_the_one_refused_signal_is_set_aside(sim, tmp_path, twin, caplog):
+    """Resent whole, a refused batch was refused forever and held back every later signal."""
+    good = [sig(i) for i in range(300)]
+    clock = Clock()
+    steps: list[float] = []  # the clock at each send
+
+    def fill(b) -> None:
+        for s in good[:100]:
+            b.add(s)
+        b.spool.add("refused-0001", False, _refused_payload(good[0]))
+        for s in good[100:]:
+            b.add(s)
+
+    def next_step(b) -> bool:
+        if not len(b.spool) or len(steps) >= 40:
+            return False
+        clock.now += b.stats().next_send_in
+        steps.append(clock.now)
+        return True
+
+    caplog.set_level(logging.WARNING, logger="capi_fast.batcher")
+    if twin == "thread":
+        with client_for(sim, retries=0) as c:
+            b = SignalBatcher(c, tmp_path / "spool", clock=clock, start=False)
+            fill(b)
+            while next_step(b):
+                assert b.send_due()
+            stats = b.stats()
+            b.close(flush=False)
+    else:
+
+        async def main():
+            async with AsyncCapiClient(
+                user_agent="t/1",
+                scenarios=["mywaf/login-bruteforce"],
+                base_url=sim.url,
+                storage=MemoryStorage(),
+                retries=0,
+            ) as c:
+                b = c.signal_batcher(path=tmp_path / "spool", clock=clock)
+                fill(b)
+                while next_step(b):
+                    assert await b.send_due()
+                await b.aclose(flush=False)
+                return b.stats()
+
+        stats = asyncio.run(main())
+    assert [s["uuid"] for s in sim.signals] == [s.uuid for s in good], "every good signal once, in order"
+    assert stats.refused == 1 and stats.queued == 0
+    assert len(steps) <= 20, f"found by halving, not one by one: {len(steps)} sends"
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    assert all(g == 10 for g in gaps[:-1]), "while splitting, sends are min_interval apart: no backoff"
+    assert gaps[-1] > 60, "once the refused signal is aside, the rest (199) waits as the vendor's schedule says"
+    (aside,) = (tmp_path / "spool" / "refused").iterdir()
+    assert orjson.loads(aside.read_bytes()) == [{"whisper": False, "payload": _refused_payload(good[0])}]
+    assert any("refused signal refused-0001 alone" in r.getMessage() for r in caplog.records)

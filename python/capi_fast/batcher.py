@@ -6,12 +6,19 @@ before the next send shrinks linearly with the queue, from ``max_interval`` (600
 signal to ``min_interval`` (10 s) for a full call of 250; successive sends are never closer than
 ``min_interval``. A failed send keeps the signals (in order) and backs off, doubling up to
 ``max_interval``. Delivery is at-least-once; the signal uuid is the de-duplication key.
+
+A batch CAPI refuses for what it holds (400, 413, 422) would be refused forever and hold back
+every later signal, so it is split: the next sends, ``min_interval`` apart, take half as many
+until one signal alone is refused. That one is set aside in ``refused/`` beside the spool, one
+file in the signal inbox's format (move it into a daemon's inbox to send it again), logged at
+ERROR and counted (``BatcherStats.refused``); the batch size then grows back with each success.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -19,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capi_fast.errors import CapiError, InvalidSignal
+import orjson
+
+from capi_fast.errors import AuthenticationError, CapiError, InvalidSignal, RateLimitError, StorageError
+from capi_fast.files import private_dir, write_atomic
 from capi_fast.signals import MAX_SIGNALS_PER_CALL, Signal
 from capi_fast.spool import Spool
 
@@ -40,9 +50,19 @@ class BatcherStats:
     failed_attempts: int
     dropped: int
     quarantined: int  # damaged stretches of the spool moved aside (see capi_fast.spool)
+    refused: int  # signals CAPI refused alone, set aside in refused/ (see the module's text)
     last_success: float | None
     last_error: str | None
     next_send_in: float
+
+
+def _refused_for_content(error: Exception) -> bool:
+    """CAPI refused the request for what it holds: sending it again would be refused again."""
+    return (
+        isinstance(error, CapiError)
+        and not isinstance(error, (AuthenticationError, RateLimitError))
+        and error.status in (400, 413, 422)
+    )
 
 
 class _Schedule:
@@ -54,12 +74,13 @@ class _Schedule:
         self.min_interval, self.max_interval, self.clock = min_interval, max_interval, clock
         self.last_send = clock()
         self.backoff = 0.0
+        self.splitting = False  # a refused batch is being split: sends are min_interval apart
 
     def wait(self, queued: int) -> float:
         """Seconds until the next send is due (0 when due now)."""
         if queued == 0:
             return self.max_interval
-        fill = min(queued, MAX_SIGNALS_PER_CALL) / MAX_SIGNALS_PER_CALL
+        fill = 1.0 if self.splitting else min(queued, MAX_SIGNALS_PER_CALL) / MAX_SIGNALS_PER_CALL
         interval = self.max_interval - (self.max_interval - self.min_interval) * fill
         interval = max(interval, self.backoff, self.min_interval)
         return max(0.0, self.last_send + interval - self.clock())
@@ -86,6 +107,8 @@ class _Base:
         self.failed_attempts = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self.refused = 0
+        self._limit = MAX_SIGNALS_PER_CALL  # signals in the next send (smaller while splitting)
         self._logged_backoff: float | None = None
 
     def add(self, signal: Signal) -> None:
@@ -108,7 +131,7 @@ class _Base:
         or when there was nothing to send.
         """
         try:
-            batch = self.spool.oldest(MAX_SIGNALS_PER_CALL)
+            batch = self.spool.oldest(self._limit)
         except Exception as e:  # the spool itself failed (files removed, disk error)
             self._result(0, e)
             return False
@@ -130,12 +153,49 @@ class _Base:
                 self.spool.ack([seq for seq, _ in batch])
             except Exception as e:  # sent but not acked: resent later (at-least-once), after a backoff
                 error = e
+            else:
+                self._limit = min(MAX_SIGNALS_PER_CALL, self._limit * 2)
+                self.schedule.splitting = self._limit < MAX_SIGNALS_PER_CALL
+        elif _refused_for_content(error):
+            if len(batch) > 1:
+                self._limit = max(1, len(batch) // 2)
+                self.schedule.splitting = True
+                log.warning(
+                    "CAPI refused %d signals (%s); sending them in smaller batches to find the one it refuses",
+                    len(batch),
+                    error,
+                )
+                self._result(len(batch), error, split=True)
+                return False
+            return self._set_aside(batch[0], error)
         self._result(len(batch), error)
         return error is None
 
-    def _result(self, n: int, error: Exception | None) -> None:
-        """Counts a send step; any failure, of any type, backs off and is logged once per backoff step."""
-        self.schedule.sent(error is None)
+    def _set_aside(self, item: tuple[int, dict[str, Any]], error: Exception) -> bool:
+        """Moves a signal CAPI refuses alone out of the spool, into refused/ when the spool is on disk."""
+        seq, payload = item
+        where = "dropped (the spool is in memory)"
+        try:
+            if self.spool.path is not None:
+                folder = private_dir(self.spool.path / "refused", "the refused signals' folder")
+                name = f"{time.time_ns():020d}-{os.getpid()}-{payload.get('uuid') or seq}.signals"
+                record = [{"whisper": not payload.get("decisions"), "payload": payload}]
+                write_atomic(folder / name, orjson.dumps(record))
+                where = f"set aside in {folder / name}"
+            self.spool.ack([seq])
+        except (StorageError, OSError) as e:  # kept queued: tried again after a backoff
+            self._result(1, e)
+            return False
+        self.refused += 1
+        self._limit = MAX_SIGNALS_PER_CALL
+        self.schedule.splitting = False
+        log.error("CAPI refused signal %s alone (%s): %s", payload.get("uuid"), error, where)
+        self.schedule.sent(True)
+        return True
+
+    def _result(self, n: int, error: Exception | None, split: bool = False) -> None:
+        """Counts a send step; a failure backs off (a split does not) and is logged once per backoff step."""
+        self.schedule.sent(error is None or split)
         if error is None:
             self.sent += n
             self.last_success = self.schedule.clock()
@@ -144,7 +204,7 @@ class _Base:
             return
         self.failed_attempts += 1
         self.last_error = f"{type(error).__name__}: {error}" if not isinstance(error, CapiError) else str(error)
-        if self.schedule.backoff != self._logged_backoff:
+        if not split and self.schedule.backoff != self._logged_backoff:
             self._logged_backoff = self.schedule.backoff
             log.warning(
                 "sending %d signals failed (%s); they stay queued, next attempt in %.0f s",
@@ -161,6 +221,7 @@ class _Base:
             failed_attempts=self.failed_attempts,
             dropped=self.spool.dropped,
             quarantined=self.spool.quarantined,
+            refused=self.refused,
             last_success=self.last_success,
             last_error=self.last_error,
             next_send_in=self.schedule.wait(len(self.spool)),
