@@ -57,3 +57,23 @@ def test_demo_runs():
     assert "refresh again at once: refused (too soon)" in out
     assert "CAPI holds 1000" in out and "delivered in 4 calls" in out
     assert "restart from snapshot" in out and "export_cidrs" in out
+
+
+def test_client_options_typed_for_type_checkers_are_exactly_what_the_clients_take():
+    """``**config: Unpack[...Options]``: type checkers see every setting; none missing, none extra."""
+    import inspect
+    import typing
+
+    from capi_fast.capi_protocol import CapiClientOptions, _BaseClient
+    from capi_fast.lapi import LapiClientOptions, _LapiRules
+
+    for options, base, required in (
+        (CapiClientOptions, _BaseClient, {"user_agent", "scenarios"}),
+        (LapiClientOptions, _LapiRules, set()),
+    ):
+        params = inspect.signature(base.__init__).parameters.values()
+        keywords = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        hints = typing.get_type_hints(options, include_extras=True)
+        assert set(hints) == set(keywords), options.__name__
+        marked = {n for n, h in hints.items() if typing.get_origin(h) is typing.Required}
+        assert marked == required == {n for n, p in keywords.items() if p.default is p.empty}

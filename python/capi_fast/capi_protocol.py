@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import httpx
 import orjson
@@ -94,6 +94,26 @@ def _product(user_agent: str) -> tuple[str, str]:
     first = user_agent.split()[0]
     name, _, version = first.partition("/")
     return name, version or "unknown"
+
+
+class CapiClientOptions(TypedDict, total=False):
+    """The settings ``CapiClient`` and ``AsyncCapiClient`` take as keywords (see ``CapiClient``)."""
+
+    user_agent: Required[str]
+    scenarios: Required[Sequence[str]]
+    storage: Storage | None
+    machine_id_prefix: str
+    base_url: str
+    api_version: str | None
+    timeout: float
+    retries: int
+    backoff: float
+    max_backoff: float
+    max_retry_after: float
+    renew_before: float
+    reset_credentials: bool
+    metrics_interval: float | None
+    clock: Callable[[], float]
 
 
 class _BaseClient:

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 import orjson
@@ -40,6 +40,7 @@ from capi_fast.capi_protocol import (
     ATTACHMENT_KEY_RE,
     DEV_URL,
     PROD_URL,
+    CapiClientOptions,
     _BaseClient,
     _checked_metrics,
     _Public,
@@ -109,7 +110,7 @@ class CapiClient(_BaseClient):
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        **config: Any,
+        **config: Unpack[CapiClientOptions],
     ) -> None:
         super().__init__(**config)
         self._sleep = sleep
@@ -323,7 +324,7 @@ class AsyncCapiClient(_BaseClient):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        **config: Any,
+        **config: Unpack[CapiClientOptions],
     ) -> None:
         super().__init__(**config)
         self._sleep = sleep

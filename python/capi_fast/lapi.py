@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -30,6 +30,23 @@ _METRICS = "LAPI usage metrics"
 def _read(read: float, other: float) -> httpx.Timeout:
     """A read timeout of ``read`` seconds, the others (connect, write, pool) of ``other``."""
     return httpx.Timeout(other, read=read)
+
+
+class LapiClientOptions(TypedDict, total=False):
+    """The settings ``LapiClient`` and ``AsyncLapiClient`` take as keywords (see ``LapiClient``)."""
+
+    user_agent: str
+    timeout: float
+    startup_timeout: float
+    retries: int
+    backoff: float
+    max_backoff: float
+    max_retry_after: float
+    clock: Callable[[], float]
+    scopes: Sequence[str]
+    origins: Sequence[str]
+    scenarios_containing: Sequence[str]
+    scenarios_not_containing: Sequence[str]
 
 
 class _LapiRules:
@@ -159,7 +176,7 @@ class LapiClient(_LapiRules):
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        **config: Any,
+        **config: Unpack[LapiClientOptions],
     ) -> None:
         super().__init__(base_url, api_key, **config)  # the options _LapiRules takes
         self._sleep = sleep
@@ -222,7 +239,7 @@ class AsyncLapiClient(_LapiRules):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        **config: Any,
+        **config: Unpack[LapiClientOptions],
     ) -> None:
         super().__init__(base_url, api_key, **config)
         self._sleep = sleep
