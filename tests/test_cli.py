@@ -284,3 +284,19 @@ def test_a_damaged_registration_file_reads_as_nothing_remembered(capsys, tmp_pat
     (tmp_path / "cli.json").write_text('{"scenarios": "not a list", "prefix": 7, "url": ""}')
     assert main(["--home", str(tmp_path), "refresh"]) == 2
     assert "no scenario" in capsys.readouterr().err
+
+
+def test_the_readers_take_another_snapshot_such_as_the_daemons(capsys, sim, tmp_path, monkeypatch):
+    """The daemon writes its ``[snapshot] path``; the CLI reads it with --snapshot (or the environment)."""
+    daemons = tmp_path / "daemon" / "decisions.snap"
+    daemons.parent.mkdir()
+    assert cli(capsys, sim, tmp_path / "home", "--snapshot", str(daemons), "refresh")[0] == 0
+    assert daemons.is_file() and not (tmp_path / "home" / "decisions.snap").exists()
+    code, out = cli(capsys, sim, tmp_path / "home", "--snapshot", str(daemons), "check", "192.0.2.1")
+    assert (code, out.strip()) == (1, "192.0.2.1 ban")
+    monkeypatch.setenv("CAPI_FAST_SNAPSHOT", str(daemons))
+    code, out = cli(capsys, sim, tmp_path / "home", "--json", "status")
+    assert code == 0 and json.loads(out)["decisions"] == 6
+    monkeypatch.delenv("CAPI_FAST_SNAPSHOT")
+    code, out = cli(capsys, sim, tmp_path / "home", "--json", "status")
+    assert code == 1 and json.loads(out)["snapshot_error"], "the home's own snapshot is still the default"

@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=os.environ.get("CAPI_FAST_HOME", str(Path.home() / ".capi-fast")))
     p.add_argument("--version", action="version", version=f"capi-fast {__version__}")
     p.add_argument(
+        "--snapshot",
+        default=os.environ.get("CAPI_FAST_SNAPSHOT"),
+        help="decisions snapshot that refresh writes and check/export/status/firewall read "
+        "(default <home>/decisions.snap; give the daemon's [snapshot] path to inspect what it enforces)",
+    )
+    p.add_argument(
         "--url",
         default=os.environ.get("CAPI_FAST_URL"),
         help="CAPI base URL (default: what register was given, else production)",
@@ -164,7 +170,7 @@ def _api_key(a: argparse.Namespace) -> str:
 
 
 def _snapshot(a: argparse.Namespace) -> Path:
-    return Path(a.home) / "decisions.snap"
+    return Path(a.snapshot) if a.snapshot else Path(a.home) / "decisions.snap"
 
 
 def _engine(a: argparse.Namespace) -> RemediationEngine:
