@@ -67,7 +67,7 @@ bench-abi3: install
 		$(PYTHON) -m venv .venv-bench/$$b && .venv-bench/$$b/bin/python -m pip install -q dist-bench/$$b/*.whl || exit 1; \
 	done
 	BENCH_N=1000000 $(BIN)/python benches/compare_builds.py \
-		specific=.venv-bench/specific/bin/python abi3=.venv-bench/abi3/bin/python --rounds 6
+		specific=.venv-bench/specific/bin/python abi3=.venv-bench/abi3/bin/python --rounds 8
 
 # criterion benches of the crate alone (no Python): build, lookup, parse+lookup, batch codes.
 bench-rust:

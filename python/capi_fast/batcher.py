@@ -9,7 +9,7 @@ signal to ``min_interval`` (10 s) for a full call of 250; successive sends are n
 
 A batch CAPI refuses for what it holds (400, 413, 422) would be refused forever and hold back
 every later signal, so it is split: the next sends, ``min_interval`` apart, take half as many
-until one signal alone is refused. That one is set aside in ``refused/`` beside the spool, one
+until one signal alone is refused. That one is set aside in ``refused/`` inside the spool, one
 file in the signal inbox's format (move it into a daemon's inbox to send it again), logged at
 ERROR and counted (``BatcherStats.refused``); the batch size then grows back with each success.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -26,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from capi_fast.errors import AuthenticationError, CapiError, InvalidSignal, RateLimitError, StorageError
-from capi_fast.files import private_dir, write_atomic
+from capi_fast.files import private_dir
+from capi_fast.signal_inbox import write_signal_file
 from capi_fast.signals import MAX_SIGNALS_PER_CALL, Signal
 from capi_fast.spool import Spool
 
@@ -74,13 +72,15 @@ class _Schedule:
         self.min_interval, self.max_interval, self.clock = min_interval, max_interval, clock
         self.last_send = clock()
         self.backoff = 0.0
-        self.splitting = False  # a refused batch is being split: sends are min_interval apart
+        # Signals in the next send: fewer while a refused batch is split, and sends then come
+        # min_interval apart.
+        self.limit = MAX_SIGNALS_PER_CALL
 
     def wait(self, queued: int) -> float:
         """Seconds until the next send is due (0 when due now)."""
         if queued == 0:
             return self.max_interval
-        fill = 1.0 if self.splitting else min(queued, MAX_SIGNALS_PER_CALL) / MAX_SIGNALS_PER_CALL
+        fill = 1.0 if self.limit < MAX_SIGNALS_PER_CALL else min(queued, MAX_SIGNALS_PER_CALL) / MAX_SIGNALS_PER_CALL
         interval = self.max_interval - (self.max_interval - self.min_interval) * fill
         interval = max(interval, self.backoff, self.min_interval)
         return max(0.0, self.last_send + interval - self.clock())
@@ -108,7 +108,6 @@ class _Base:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.refused = 0
-        self._limit = MAX_SIGNALS_PER_CALL  # signals in the next send (smaller while splitting)
         self._logged_backoff: float | None = None
 
     def add(self, signal: Signal) -> None:
@@ -131,7 +130,7 @@ class _Base:
         or when there was nothing to send.
         """
         try:
-            batch = self.spool.oldest(self._limit)
+            batch = self.spool.oldest(self.schedule.limit)
         except Exception as e:  # the spool itself failed (files removed, disk error)
             self._result(0, e)
             return False
@@ -154,12 +153,10 @@ class _Base:
             except Exception as e:  # sent but not acked: resent later (at-least-once), after a backoff
                 error = e
             else:
-                self._limit = min(MAX_SIGNALS_PER_CALL, self._limit * 2)
-                self.schedule.splitting = self._limit < MAX_SIGNALS_PER_CALL
+                self.schedule.limit = min(MAX_SIGNALS_PER_CALL, self.schedule.limit * 2)
         elif _refused_for_content(error):
             if len(batch) > 1:
-                self._limit = max(1, len(batch) // 2)
-                self.schedule.splitting = True
+                self.schedule.limit = max(1, len(batch) // 2)
                 log.warning(
                     "CAPI refused %d signals (%s); sending them in smaller batches to find the one it refuses",
                     len(batch),
@@ -178,17 +175,13 @@ class _Base:
         try:
             if self.spool.path is not None:
                 folder = private_dir(self.spool.path / "refused", "the refused signals' folder")
-                name = f"{time.time_ns():020d}-{os.getpid()}-{payload.get('uuid') or seq}.signals"
-                record = [{"whisper": not payload.get("decisions"), "payload": payload}]
-                write_atomic(folder / name, orjson.dumps(record))
-                where = f"set aside in {folder / name}"
+                where = f"set aside in {write_signal_file(folder, [(not payload.get('decisions'), payload)])}"
             self.spool.ack([seq])
         except (StorageError, OSError) as e:  # kept queued: tried again after a backoff
             self._result(1, e)
             return False
         self.refused += 1
-        self._limit = MAX_SIGNALS_PER_CALL
-        self.schedule.splitting = False
+        self.schedule.limit = MAX_SIGNALS_PER_CALL
         log.error("CAPI refused signal %s alone (%s): %s", payload.get("uuid"), error, where)
         self.schedule.sent(True)
         return True

@@ -112,12 +112,8 @@ class SignalInbox:
         for s in signals:
             if not isinstance(s, Signal):
                 raise InvalidSignal(f"expected a Signal, got {type(s).__name__}")
-            items.append({"whisper": s.is_whisper, "payload": s.to_payload("")})
-        if not items:
-            return None
-        path = self.path / f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
-        write_atomic(path, orjson.dumps(items))
-        return path
+            items.append((s.is_whisper, s.to_payload("")))
+        return write_signal_file(self.path, items) if items else None
 
     def pending(self) -> list[Path]:
         """The files waiting, oldest first (temporary files of writes in progress aside).
@@ -231,6 +227,17 @@ class SignalInbox:
         except OSError as e:
             raise StorageError(f"cannot quarantine {path}: {e.strerror or e}") from None
         return None, None
+
+
+def write_signal_file(directory: Path, items: list[tuple[bool, dict[str, Any]]]) -> Path:
+    """One file of ``(whisper, payload)`` items in the inbox's format, written atomically (0600).
+
+    Raises:
+        StorageError: it could not be written (nothing is left half-written).
+    """
+    path = directory / f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+    write_atomic(path, orjson.dumps([{"whisper": whisper, "payload": payload} for whisper, payload in items]))
+    return path
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
